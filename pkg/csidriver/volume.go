@@ -1,0 +1,200 @@
+package csidriver
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/fdpassing"
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/fusemount"
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/mountoptions"
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/safefs"
+)
+
+// volume is a published volume: the socket in the pod's emptyDir, and the
+// loop that mounts FUSE for whoever of the pod connects.
+type volume struct {
+	d    *Driver
+	spec *publishSpec
+	log  klog.Logger
+
+	// emptyDir is a handle on the pod's emptyDir; the socket is created and
+	// removed through it, never by path.
+	emptyDir *safefs.Dir
+	ln       *net.UnixListener
+	done     chan struct{}
+
+	mu      sync.Mutex
+	closing bool
+	conn    *net.UnixConn // the connection being handled
+}
+
+func volumeLogger(spec *publishSpec) klog.Logger {
+	return klog.LoggerWithValues(klog.Background(),
+		"pod", klog.KRef(spec.PodNamespace, spec.PodName), "podUID", spec.PodUID,
+		"volume", spec.target.VolumeName, "volumeID", spec.VolumeID)
+}
+
+// socketMode gives the socket the access the emptyDir gives: whoever may use
+// the directory (owner, group, others) may connect.
+func socketMode(dirMode uint32) uint32 {
+	var m uint32
+	for _, shift := range []uint{6, 3, 0} {
+		if dirMode>>shift&7 != 0 {
+			m |= 6 << shift
+		}
+	}
+	return m
+}
+
+// serve accepts connections one at a time until stop. One at a time bounds
+// what a pod can make the driver hold, and a handshake has a deadline.
+func (v *volume) serve() {
+	defer close(v.done)
+	for {
+		conn, err := v.ln.AcceptUnix()
+		if err != nil {
+			v.mu.Lock()
+			closing := v.closing
+			v.mu.Unlock()
+			if closing {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ECONNABORTED) {
+				v.log.Error(err, "accepting a connection on the fd-passing socket; retrying")
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			v.log.Error(err, "fd-passing socket failed; the volume can no longer be served until it is published again")
+			return
+		}
+		v.mu.Lock()
+		if v.closing {
+			v.mu.Unlock()
+			conn.Close()
+			return
+		}
+		v.conn = conn
+		v.mu.Unlock()
+
+		v.handle(conn)
+
+		v.mu.Lock()
+		v.conn = nil
+		v.mu.Unlock()
+		conn.Close()
+	}
+}
+
+// stop closes the socket and any connection in progress and waits for the
+// serve loop to end; after it returns no new mount can appear.
+func (v *volume) stop() {
+	v.mu.Lock()
+	v.closing = true
+	if v.conn != nil {
+		v.conn.Close()
+	}
+	v.mu.Unlock()
+	if v.ln != nil {
+		v.ln.Close()
+		<-v.done
+	}
+}
+
+// handle serves one connection: read the request, mount, hand the fd over.
+func (v *volume) handle(conn *net.UnixConn) {
+	start := time.Now()
+	cred, err := peerCred(conn)
+	if err != nil {
+		v.log.Error(err, "reading the peer's credentials")
+		return
+	}
+	log := klog.LoggerWithValues(v.log, "peerPID", cred.Pid, "peerUID", cred.Uid)
+	fail := func(err error, msg string) {
+		log.Error(err, msg)
+		resp := &fdpassing.Response{Error: fmt.Sprintf("%s: %v", msg, err)}
+		if serr := fdpassing.SendResponse(conn, resp, -1, time.Now().Add(time.Second)); serr != nil {
+			log.V(4).Info("could not tell the client", "err", serr)
+		}
+	}
+
+	req, err := fdpassing.ReceiveRequest(conn, start.Add(v.d.cfg.HandshakeTimeout))
+	if err != nil {
+		fail(err, "refused a connection")
+		return
+	}
+	log = klog.LoggerWithValues(log, "client", req.Client)
+	opts := v.spec.options
+	if req.MountOptions != "" {
+		extra, err := mountoptions.Parse(req.MountOptions)
+		if err != nil {
+			fail(err, "refused the FUSE program's mount options")
+			return
+		}
+		opts = opts.Merge(extra)
+	}
+
+	realTarget := v.d.realTarget(v.spec.target.RelPath())
+	mounted, err := fusemount.IsFUSEMounted(realTarget)
+	if err != nil {
+		fail(err, "reading the mount table")
+		return
+	}
+	if mounted {
+		fail(errors.New("a FUSE mount is already served at the target"), "refused a second FUSE server for the volume")
+		return
+	}
+	target, err := v.d.kubelet.OpenPathBeneath(v.spec.target.RelPath())
+	if err != nil {
+		fail(err, "opening the target directory")
+		return
+	}
+	defer target.Close()
+	res, err := fusemount.Mount(&fusemount.Request{
+		Target: target, UID: cred.Uid, GID: cred.Gid,
+		ReadOnly: v.spec.ReadOnly || opts.ReadOnly(), Options: opts,
+	})
+	if err != nil {
+		fail(err, "mounting FUSE")
+		return
+	}
+	mountedAt := time.Now()
+	resp := &fdpassing.Response{MountData: res.Data, ReadOnly: v.spec.ReadOnly || opts.ReadOnly()}
+	err = fdpassing.SendResponse(conn, resp, int(res.Dev.Fd()), time.Now().Add(5*time.Second))
+	// The FUSE server holds the only copy from now on: if it dies, the
+	// kernel ends the connection instead of waiting for us.
+	res.Dev.Close()
+	if err != nil {
+		log.Error(err, "handing the /dev/fuse fd over failed; unmounting")
+		if _, uerr := v.d.unmounter.UnmountAll(realTarget); uerr != nil {
+			log.Error(uerr, "unmounting after a failed handover")
+		}
+		return
+	}
+	log.Info("mounted and handed over FUSE fd", "target", v.spec.TargetPath, "mountData", res.Data,
+		"mountDuration", mountedAt.Sub(start), "handoverDuration", time.Since(start))
+}
+
+func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}

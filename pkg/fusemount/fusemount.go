@@ -1,0 +1,217 @@
+// Package fusemount makes and removes FUSE mounts with the syscalls
+// themselves (no /bin/mount, no fusermount), and never touches a mount in a
+// way that could hang on a dead or stopped FUSE server: state is read from
+// /proc/self/mountinfo, never by stat'ing the mountpoint.
+package fusemount
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/mountoptions"
+)
+
+// DefaultSource is the mount source when the FUSE program names none.
+const DefaultSource = "meta-fuse-csi-plugin"
+
+// Request describes one FUSE mount.
+type Request struct {
+	// Target is an O_PATH (or directory) handle on the mountpoint; the mount
+	// goes through its /proc/self/fd link so no path is resolved again.
+	Target *os.File
+	// UID and GID become user_id and group_id: the owner of the connection.
+	UID, GID uint32
+	ReadOnly bool
+	Options  mountoptions.Options
+}
+
+// Result is a made mount.
+type Result struct {
+	// Dev is the open /dev/fuse; the caller hands it over and closes it.
+	Dev *os.File
+	// Data is the mount data without the fd= part, for logs and the pod.
+	Data string
+}
+
+// Flags returns the mount(2) flags for r: nosuid and nodev always.
+func (r *Request) Flags() uintptr {
+	f := r.Options.Flags | unix.MS_NOSUID | unix.MS_NODEV
+	if r.ReadOnly {
+		f |= unix.MS_RDONLY
+	}
+	return f
+}
+
+// Data returns the FUSE mount data for r, without fd=.
+func (r *Request) Data(rootMode uint32) string {
+	d := fmt.Sprintf("rootmode=%o,user_id=%d,group_id=%d,allow_other,default_permissions",
+		rootMode&unix.S_IFMT, r.UID, r.GID)
+	if r.Options.MaxRead != 0 {
+		d += ",max_read=" + strconv.FormatUint(r.Options.MaxRead, 10)
+	}
+	return d
+}
+
+// SourceAndType returns the mount source and filesystem type.
+func (r *Request) SourceAndType() (string, string) {
+	src, typ := DefaultSource, "fuse"
+	if r.Options.FsName != "" {
+		src = r.Options.FsName
+	}
+	if r.Options.Subtype != "" {
+		typ = "fuse." + r.Options.Subtype
+	}
+	return src, typ
+}
+
+// Mount opens /dev/fuse and mounts it on r.Target.
+func Mount(r *Request) (*Result, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(r.Target.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("stat of mount target: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil, fmt.Errorf("mount target %s is not a directory", r.Target.Name())
+	}
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening /dev/fuse: %w", err)
+	}
+	dev := os.NewFile(uintptr(fd), "/dev/fuse")
+	data := r.Data(st.Mode)
+	src, typ := r.SourceAndType()
+	target := "/proc/self/fd/" + strconv.Itoa(int(r.Target.Fd()))
+	if err := unix.Mount(src, target, typ, r.Flags(), "fd="+strconv.Itoa(fd)+","+data); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("mount(%s, %s, %s, %s): %w", src, r.Target.Name(), typ, data, err)
+	}
+	return &Result{Dev: dev, Data: data}, nil
+}
+
+// Mount is one entry of the mount table at a mountpoint.
+type MountEntry struct {
+	Mountpoint string
+	FSType     string
+	Source     string
+	Minor      int
+	Options    string
+}
+
+// IsFUSE reports whether the entry is a FUSE mount.
+func (m MountEntry) IsFUSE() bool {
+	return m.FSType == "fuse" || strings.HasPrefix(m.FSType, "fuse.") || m.FSType == "fuseblk"
+}
+
+// MountsAt lists the mounts whose mountpoint is exactly path, bottom first.
+// path must be as the kernel shows it (no symlinks).
+func MountsAt(path string) ([]MountEntry, error) {
+	infos, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(path))
+	if err != nil {
+		return nil, err
+	}
+	return entries(infos), nil
+}
+
+// MountsUnder lists the mounts at or below path.
+func MountsUnder(path string) ([]MountEntry, error) {
+	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(path))
+	if err != nil {
+		return nil, err
+	}
+	return entries(infos), nil
+}
+
+func entries(infos []*mountinfo.Info) []MountEntry {
+	out := make([]MountEntry, 0, len(infos))
+	for _, i := range infos {
+		out = append(out, MountEntry{Mountpoint: i.Mountpoint, FSType: i.FSType, Source: i.Source, Minor: i.Minor, Options: i.Options})
+	}
+	return out
+}
+
+// IsFUSEMounted reports whether a FUSE mount sits at path.
+func IsFUSEMounted(path string) (bool, error) {
+	ms, err := MountsAt(path)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range ms {
+		if m.IsFUSE() {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Unmounter removes mounts in bounded time.
+type Unmounter struct {
+	// FusectlDir is where fusectl is mounted ("" when it is not available);
+	// its <minor>/abort files end hung connections.
+	FusectlDir string
+}
+
+// UnmountAll detaches every mount at path, top first, and aborts the FUSE
+// connections behind them so that a dead or stopped server cannot keep a
+// process (or the kernel) waiting. It returns how many mounts it removed.
+//
+// The abort file is opened before the detach: connection numbers are device
+// minors, which the kernel reuses at once, and an abort file opened on a
+// connection that is already gone is harmless, while one opened afterwards
+// might belong to somebody else's new mount.
+func (u *Unmounter) UnmountAll(path string) (int, error) {
+	n := 0
+	for range 16 { // mounts can be stacked; bounded so a racing mounter cannot loop us
+		ms, err := MountsAt(path)
+		if err != nil {
+			return n, fmt.Errorf("reading mount table: %w", err)
+		}
+		if len(ms) == 0 {
+			return n, nil
+		}
+		top := ms[len(ms)-1]
+		var abort *os.File
+		if top.IsFUSE() && u.FusectlDir != "" {
+			abort, _ = os.OpenFile(fmt.Sprintf("%s/%d/abort", u.FusectlDir, top.Minor), os.O_WRONLY, 0)
+		}
+		err = unix.Unmount(path, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+		if abort != nil {
+			// Whatever still holds the detached superblock (a process blocked
+			// on a stopped server, an open file) is released now.
+			abort.Write([]byte("1"))
+			abort.Close()
+		}
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, unix.EINVAL):
+			// Gone in between (or not a mountpoint after all): read the table again.
+		default:
+			return n, fmt.Errorf("unmounting %s: %w", path, err)
+		}
+	}
+	return n, fmt.Errorf("%s still has mounts after 16 unmounts", path)
+}
+
+// EnsureFusectl returns the directory where the fusectl filesystem is
+// mounted, mounting it on /sys/fs/fuse/connections (as systemd does on most
+// hosts) when it is not.
+func EnsureFusectl() (string, error) {
+	infos, err := mountinfo.GetMounts(mountinfo.FSTypeFilter("fusectl"))
+	if err != nil {
+		return "", err
+	}
+	if len(infos) > 0 {
+		return infos[0].Mountpoint, nil
+	}
+	const dir = "/sys/fs/fuse/connections"
+	if err := unix.Mount("fusectl", dir, "fusectl", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return "", fmt.Errorf("mounting fusectl on %s: %w", dir, err)
+	}
+	return dir, nil
+}
