@@ -36,10 +36,10 @@ func OpenRoot(path string) (*Dir, error) {
 	return &Dir{f: os.NewFile(uintptr(fd), path)}, nil
 }
 
-// OpenDir opens the directory rel beneath d. A symlink anywhere in rel, or a
-// ".." that leaves d, fails with ELOOP or EXDEV.
+// OpenDir opens the directory rel beneath d. A symlink anywhere in rel, the
+// last component included, fails with ELOOP; a ".." that leaves d with EXDEV.
 func (d *Dir) OpenDir(rel string) (*Dir, error) {
-	fd, err := openat2(int(d.f.Fd()), rel, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW)
+	fd, err := openat2(int(d.f.Fd()), rel, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC)
 	if err != nil {
 		return nil, &os.PathError{Op: "openat2", Path: d.f.Name() + "/" + rel, Err: err}
 	}
@@ -184,7 +184,7 @@ func (d *Dir) chownSocket(name string, uid, gid int, mode uint32) error {
 // resolved like OpenDir. An O_PATH handle reads nothing from the directory,
 // which matters when a FUSE mount may sit on it.
 func (d *Dir) OpenPathBeneath(rel string) (*os.File, error) {
-	fd, err := openat2(d.Fd(), rel, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW)
+	fd, err := openat2(d.Fd(), rel, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC)
 	if err != nil {
 		return nil, &os.PathError{Op: "openat2", Path: d.Name() + "/" + rel, Err: err}
 	}
