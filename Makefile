@@ -6,7 +6,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X github.com/pfnet-research/meta-fuse-csi-plugin/pkg/version.Version=$(VERSION)
 FUZZTIME ?= 10s
 
-.PHONY: all build test test-unit test-integration vet fuzz demo clean
+.PHONY: all build test test-unit test-integration vet fuzz bench demo clean
 
 all: build
 
@@ -37,6 +37,10 @@ fuzz:
 	    echo "== $$pkg $$f"; $(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME); \
 	  done; \
 	done
+
+## bench: publish, launch-to-served and unpublish latencies with real binaries (root)
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./test/integration/
 
 ## demo: the whole flow without Kubernetes: driver, a kubelet-style publish, an unprivileged FUSE server, then cleanup
 demo:

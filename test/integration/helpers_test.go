@@ -29,7 +29,7 @@ type env struct {
 }
 
 // setup skips without root and /dev/fuse, and starts a kubelet dir and the driver.
-func setup(t *testing.T, driverArgs ...string) *env {
+func setup(t testing.TB, driverArgs ...string) *env {
 	t.Helper()
 	if err := harness.Requirements(); err != nil {
 		t.Skip("needs root and /dev/fuse: ", err)
@@ -49,7 +49,7 @@ func attrs(extra ...string) map[string]string {
 	return a
 }
 
-func ctx(t *testing.T) context.Context {
+func ctx(t testing.TB) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), waitLimit)
 	t.Cleanup(cancel)
 	return c
@@ -63,7 +63,7 @@ type volume struct {
 	target string
 }
 
-func (e *env) publish(t *testing.T, pod *harness.Pod, name string, a map[string]string, readOnly bool) *volume {
+func (e *env) publish(t testing.TB, pod *harness.Pod, name string, a map[string]string, readOnly bool) *volume {
 	t.Helper()
 	req := pod.PublishRequest(name, a, readOnly)
 	if _, err := e.d.Node.NodePublishVolume(ctx(t), req); err != nil {
@@ -72,7 +72,7 @@ func (e *env) publish(t *testing.T, pod *harness.Pod, name string, a map[string]
 	return &volume{pod: pod, name: name, req: req, target: req.TargetPath}
 }
 
-func (e *env) unpublish(t *testing.T, v *volume) time.Duration {
+func (e *env) unpublish(t testing.TB, v *volume) time.Duration {
 	t.Helper()
 	start := time.Now()
 	if _, err := e.d.Node.NodeUnpublishVolume(ctx(t), v.pod.UnpublishRequest(v.name)); err != nil {
@@ -86,7 +86,7 @@ func (e *env) unpublish(t *testing.T, v *volume) time.Duration {
 }
 
 // podWithVolume makes a pod with the fd-passing emptyDir and publishes a volume.
-func (e *env) podWithVolume(t *testing.T, readOnly bool, extra ...string) (*harness.Pod, *volume) {
+func (e *env) podWithVolume(t testing.TB, readOnly bool, extra ...string) (*harness.Pod, *volume) {
 	t.Helper()
 	pod := e.k.NewPod(t, "app")
 	pod.AddEmptyDir(emptyDirName)
@@ -94,7 +94,7 @@ func (e *env) podWithVolume(t *testing.T, readOnly bool, extra ...string) (*harn
 }
 
 // backingDir makes a directory the loopback server exports, with one file.
-func backingDir(t *testing.T) string {
+func backingDir(t testing.TB) string {
 	t.Helper()
 	dir := harness.NewDir(t, 0o777)
 	if err := os.WriteFile(filepath.Join(dir, "hello.txt"), []byte("hello from the backing dir\n"), 0o644); err != nil {
@@ -104,7 +104,7 @@ func backingDir(t *testing.T) string {
 }
 
 // starter runs fuse-starter with a FUSE program in the pod, as uid 65534.
-func (e *env) starter(t *testing.T, pod *harness.Pod, program ...string) *harness.Proc {
+func (e *env) starter(t testing.TB, pod *harness.Pod, program ...string) *harness.Proc {
 	t.Helper()
 	args := append([]string{e.bins.Starter, "--fd-passing-socket-path", pod.ViewPath("fd") + "/" + socketName, "--connect-timeout", "20s", "--"}, program...)
 	return pod.Run(t, harness.RunOptions{
@@ -115,7 +115,7 @@ func (e *env) starter(t *testing.T, pod *harness.Pod, program ...string) *harnes
 }
 
 // fuseMount returns the mountinfo line of the FUSE mount at target, or "".
-func fuseMount(t *testing.T, target string) string {
+func fuseMount(t testing.TB, target string) string {
 	t.Helper()
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
@@ -137,7 +137,7 @@ func fuseMount(t *testing.T, target string) string {
 }
 
 // waitServed waits until the FUSE mount at target answers with file's content.
-func waitServed(t *testing.T, target, file string, sidecar *harness.Proc) (string, time.Duration) {
+func waitServed(t testing.TB, target, file string, sidecar *harness.Proc) (string, time.Duration) {
 	t.Helper()
 	start := time.Now()
 	for time.Since(start) < waitLimit {
@@ -160,7 +160,7 @@ func waitServed(t *testing.T, target, file string, sidecar *harness.Proc) (strin
 }
 
 // app runs a shell command in the pod with the volume at $DATA.
-func app(t *testing.T, pod *harness.Pod, target string, uid int, script string) (int, string) {
+func app(t testing.TB, pod *harness.Pod, target string, uid int, script string) (int, string) {
 	t.Helper()
 	p := pod.Run(t, harness.RunOptions{
 		Name:   "app",
@@ -177,7 +177,7 @@ func app(t *testing.T, pod *harness.Pod, target string, uid int, script string) 
 	return code, p.Output()
 }
 
-func requireNothingMounted(t *testing.T, k *harness.Kubelet) {
+func requireNothingMounted(t testing.TB, k *harness.Kubelet) {
 	t.Helper()
 	m, err := k.MountsUnder()
 	if err != nil {
