@@ -71,15 +71,15 @@ func DecodeRequest(line []byte) (*Request, error) {
 	if err := dec.Decode(&r); err != nil {
 		return nil, fmt.Errorf("malformed request: %w", err)
 	}
-	if dec.More() {
+	if rest := bytes.TrimSpace(line[dec.InputOffset():]); len(rest) > 0 {
 		return nil, fmt.Errorf("malformed request: trailing data after the JSON object")
 	}
 	return &r, nil
 }
 
-// ReadLine reads up to and including the first '\n', at most MaxMessageSize
-// bytes, before deadline. It reads byte chunks without buffering past the
-// newline, so nothing that follows is consumed.
+// ReadLine reads one line, at most MaxMessageSize bytes with its '\n',
+// before deadline, and returns it without the newline. The sender must wait
+// for the answer after its line: data after the newline is an error.
 func ReadLine(conn net.Conn, deadline time.Time) ([]byte, error) {
 	if err := conn.SetReadDeadline(deadline); err != nil {
 		return nil, err
@@ -88,14 +88,19 @@ func ReadLine(conn net.Conn, deadline time.Time) ([]byte, error) {
 	chunk := make([]byte, 512)
 	for {
 		n, err := conn.Read(chunk)
-		buf = append(buf, chunk[:n]...)
+		if n > 0 {
+			buf = append(buf, chunk[:n]...)
+		}
+		if len(buf) > MaxMessageSize {
+			return nil, ErrTooLarge
+		}
 		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
 			if i+1 != len(buf) {
 				return nil, fmt.Errorf("unexpected data after the request line")
 			}
 			return buf[:i], nil
 		}
-		if len(buf) >= MaxMessageSize {
+		if len(buf) >= MaxMessageSize { // no room left for the newline
 			return nil, ErrTooLarge
 		}
 		if err != nil {
@@ -187,6 +192,9 @@ func ReceiveResponse(conn *net.UnixConn, deadline time.Time) (*Response, *os.Fil
 	}
 	for bytes.IndexByte(buf, '\n') < 0 {
 		n, oobn, flags, _, err := conn.ReadMsgUnix(data, oob)
+		if n < 0 {
+			n = 0
+		}
 		buf = append(buf, data[:n]...)
 		if oobn > 0 {
 			got, perr := parseRights(oob[:oobn])

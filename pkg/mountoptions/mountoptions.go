@@ -37,6 +37,10 @@ type Options struct {
 	// FsName becomes the mount source, Subtype the type "fuse.<subtype>".
 	FsName  string
 	Subtype string
+
+	// cleared are the flags an option explicitly turned off ("rw",
+	// "atime", ...), so that Merge can let later options win.
+	cleared uintptr
 }
 
 // ReadOnly reports whether the options ask for a read-only mount.
@@ -149,9 +153,12 @@ func Validate(opts []string) (Options, error) {
 	return o, nil
 }
 
-// Merge returns o with the options of later applied on top.
+// Merge returns o with the options of later applied on top: later wins, as
+// if its options had been written after o's, except that a read-only o
+// stays read-only (a FUSE program must not make a read-only volume writable).
 func (o Options) Merge(later Options) Options {
-	o.Flags |= later.Flags
+	o.Flags = o.Flags&^(later.cleared&^unix.MS_RDONLY) | later.Flags
+	o.cleared = o.cleared&^later.Flags | later.cleared
 	if later.MaxRead != 0 {
 		o.MaxRead = later.MaxRead
 	}
@@ -180,6 +187,7 @@ func (o *Options) apply(opt string) error {
 			return fmt.Errorf("mount option %q takes no value", name)
 		}
 		o.Flags = o.Flags&^f.clear | f.set
+		o.cleared = o.cleared&^f.set | f.clear
 		return nil
 	}
 	if alwaysOn[name] {
