@@ -1,0 +1,77 @@
+package fusemount
+
+import (
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/mountoptions"
+)
+
+func TestRequestMountArguments(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		req       Request
+		wantFlags uintptr
+		wantData  string
+		wantSrc   string
+		wantType  string
+	}{
+		{
+			name:      "defaults",
+			req:       Request{UID: 65534, GID: 65534},
+			wantFlags: unix.MS_NOSUID | unix.MS_NODEV,
+			wantData:  "rootmode=40000,user_id=65534,group_id=65534,allow_other,default_permissions",
+			wantSrc:   DefaultSource, wantType: "fuse",
+		},
+		{
+			name:      "read-only volume",
+			req:       Request{UID: 1000, GID: 2000, ReadOnly: true},
+			wantFlags: unix.MS_NOSUID | unix.MS_NODEV | unix.MS_RDONLY,
+			wantData:  "rootmode=40000,user_id=1000,group_id=2000,allow_other,default_permissions",
+			wantSrc:   DefaultSource, wantType: "fuse",
+		},
+		{
+			name: "user options",
+			req: Request{UID: 1, GID: 1, Options: mountoptions.Options{
+				Flags: unix.MS_NOEXEC | unix.MS_NOATIME, MaxRead: 131072, FsName: "sshtest:/data,x", Subtype: "sshfs",
+			}},
+			wantFlags: unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC | unix.MS_NOATIME,
+			wantData:  "rootmode=40000,user_id=1,group_id=1,allow_other,default_permissions,max_read=131072",
+			// fsname goes to the source argument, never into the comma-separated data.
+			wantSrc: "sshtest:/data,x", wantType: "fuse.sshfs",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.req.Flags(); got != tc.wantFlags {
+				t.Errorf("Flags() = %#x, want %#x", got, tc.wantFlags)
+			}
+			if got := tc.req.Data(unix.S_IFDIR | 0o755); got != tc.wantData {
+				t.Errorf("Data() = %q, want %q", got, tc.wantData)
+			}
+			src, typ := tc.req.SourceAndType()
+			if src != tc.wantSrc || typ != tc.wantType {
+				t.Errorf("SourceAndType() = %q, %q, want %q, %q", src, typ, tc.wantSrc, tc.wantType)
+			}
+		})
+	}
+}
+
+func TestIsFUSE(t *testing.T) {
+	for typ, want := range map[string]bool{"fuse": true, "fuse.sshfs": true, "fuseblk": true, "fusectl": false, "tmpfs": false, "ext4": false} {
+		if got := (MountEntry{FSType: typ}).IsFUSE(); got != want {
+			t.Errorf("IsFUSE(%q) = %v", typ, got)
+		}
+	}
+}
+
+func TestMountsAtMissingPath(t *testing.T) {
+	ms, err := MountsAt("/nonexistent/path/for/mfcp")
+	if err != nil || len(ms) != 0 {
+		t.Fatalf("MountsAt = %v, %v", ms, err)
+	}
+	n, err := (&Unmounter{}).UnmountAll("/nonexistent/path/for/mfcp")
+	if err != nil || n != 0 {
+		t.Fatalf("UnmountAll = %d, %v", n, err)
+	}
+}
