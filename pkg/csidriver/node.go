@@ -169,7 +169,8 @@ func (d *Driver) makeTarget(t kubeletpath.Target) error {
 		vols.Close()
 		vols = next
 	}
-	if err := vols.Mkdir("mount", 0o750); err != nil {
+	// 0755: libfuse 2 programs open their mountpoint, which may be this directory seen through the pod's volume mount.
+	if err := vols.Mkdir("mount", 0o755); err != nil {
 		return status.Errorf(codes.Internal, "creating the target directory: %v", err)
 	}
 	return nil

@@ -133,6 +133,19 @@ func (v *volume) handle(conn *net.UnixConn) {
 		return
 	}
 	log = klog.LoggerWithValues(log, "client", req.Client)
+	realTarget := v.d.realTarget(v.spec.target.RelPath())
+	if req.Op == fdpassing.OpUnmount {
+		n, err := v.d.unmounter.UnmountAll(realTarget)
+		if err != nil {
+			fail(err, "unmounting at the FUSE program's request")
+			return
+		}
+		log.Info("unmounted at the FUSE program's request (fusermount3 -u)", "target", v.spec.TargetPath, "unmounted", n)
+		if err := fdpassing.SendResponse(conn, &fdpassing.Response{}, -1, time.Now().Add(time.Second)); err != nil {
+			log.V(4).Info("could not tell the client", "err", err)
+		}
+		return
+	}
 	opts := v.spec.options
 	if req.MountOptions != "" {
 		extra, err := mountoptions.Parse(req.MountOptions)
@@ -143,7 +156,6 @@ func (v *volume) handle(conn *net.UnixConn) {
 		opts = opts.Merge(extra)
 	}
 
-	realTarget := v.d.realTarget(v.spec.target.RelPath())
 	mounted, err := fusemount.IsFUSEMounted(realTarget)
 	if err != nil {
 		fail(err, "reading the mount table")

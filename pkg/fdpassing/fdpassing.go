@@ -27,6 +27,9 @@ const (
 	MaxMessageSize = 8192
 	// OpMount asks for a FUSE mount at the volume's target and its fd.
 	OpMount = "mount"
+	// OpUnmount asks the driver to detach the volume's FUSE mount (what
+	// `fusermount3 -u` means to a FUSE program shutting down).
+	OpUnmount = "unmount"
 )
 
 // Request is what the pod side sends.
@@ -57,8 +60,8 @@ func (r *Request) Validate() error {
 	if r.Version != Version {
 		return fmt.Errorf("protocol version %d is not supported (driver speaks %d): use fuse-starter or fusermount3-proxy from the same release as the driver", r.Version, Version)
 	}
-	if r.Op != OpMount {
-		return fmt.Errorf("unknown operation %q (only %q)", r.Op, OpMount)
+	if r.Op != OpMount && r.Op != OpUnmount {
+		return fmt.Errorf("unknown operation %q (want %q or %q)", r.Op, OpMount, OpUnmount)
 	}
 	return nil
 }
@@ -172,10 +175,42 @@ func SendRequest(conn net.Conn, req *Request, deadline time.Time) error {
 	return err
 }
 
-// ReceiveResponse reads the driver's answer and the fd that comes with it.
-// The fd is returned as a file only when the response carries no error.
-// Extra fds a peer might send are closed.
+// ReceiveResponse reads the driver's answer to a mount request and the fd
+// that comes with it. The fd is returned as a file only when the response
+// carries no error. Extra fds a peer might send are closed.
 func ReceiveResponse(conn *net.UnixConn, deadline time.Time) (*Response, *os.File, error) {
+	resp, fds, err := receive(conn, deadline)
+	if err != nil || resp.Error != "" {
+		return resp, nil, err
+	}
+	if len(fds) != 1 {
+		closeAll(fds)
+		return nil, nil, fmt.Errorf("the driver answered with %d fds, want exactly 1", len(fds))
+	}
+	return resp, os.NewFile(uintptr(fds[0]), "/dev/fuse"), nil
+}
+
+// ReceiveAck reads the driver's answer to a request that carries no fd.
+func ReceiveAck(conn *net.UnixConn, deadline time.Time) (*Response, error) {
+	resp, fds, err := receive(conn, deadline)
+	if len(fds) > 0 {
+		closeAll(fds)
+		if err == nil {
+			return nil, fmt.Errorf("the driver answered with %d unexpected fds", len(fds))
+		}
+	}
+	return resp, err
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// receive reads one response line and the fds that came with it; on an
+// error or an error response no fd is kept open.
+func receive(conn *net.UnixConn, deadline time.Time) (*Response, []int, error) {
 	if err := conn.SetReadDeadline(deadline); err != nil {
 		return nil, nil, err
 	}
@@ -234,11 +269,7 @@ func ReceiveResponse(conn *net.UnixConn, deadline time.Time) (*Response, *os.Fil
 		closeFDs()
 		return &resp, nil, nil
 	}
-	if len(fds) != 1 {
-		closeFDs()
-		return nil, nil, fmt.Errorf("the driver answered with %d fds, want exactly 1", len(fds))
-	}
-	return &resp, os.NewFile(uintptr(fds[0]), "/dev/fuse"), nil
+	return &resp, fds, nil
 }
 
 func parseRights(oob []byte) ([]int, error) {

@@ -36,46 +36,62 @@ type Config struct {
 // retryInterval is how often a missing or not yet listening socket is tried again.
 const retryInterval = 200 * time.Millisecond
 
-// Receive connects (retrying until ConnectTimeout while the socket does not
-// exist yet or is not listening) and returns the /dev/fuse fd.
-func Receive(ctx context.Context, cfg Config) (*os.File, *fdpassing.Response, error) {
+// dial connects, retrying until ConnectTimeout while the socket does not
+// exist yet or is not listening (the driver creates it when kubelet
+// publishes the volume, which may be after the FUSE container started).
+func dial(ctx context.Context, cfg Config) (*net.UnixConn, error) {
 	deadline := time.Now().Add(cfg.ConnectTimeout)
-	var conn *net.UnixConn
-	var lastErr error
 	for attempt := 0; ; attempt++ {
 		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Net: "unix", Name: cfg.SocketPath})
 		if err == nil {
-			conn = c
-			break
+			return c, nil
 		}
-		lastErr = err
 		if !retryable(err) {
-			return nil, nil, fmt.Errorf("connecting to %s: %w", cfg.SocketPath, err)
+			return nil, fmt.Errorf("connecting to %s: %w", cfg.SocketPath, err)
 		}
 		if attempt == 0 && cfg.Logf != nil {
 			cfg.Logf("waiting for the driver's socket %s (%v)", cfg.SocketPath, err)
 		}
 		if time.Now().Add(retryInterval).After(deadline) {
-			return nil, nil, fmt.Errorf("the driver's socket %s did not accept a connection within %v (last error: %w); check that the pod's CSI volume names this emptyDir and socket in volumeAttributes and that the driver runs on this node", cfg.SocketPath, cfg.ConnectTimeout, lastErr)
+			return nil, fmt.Errorf("the driver's socket %s did not accept a connection within %v (last error: %w); check that the pod's CSI volume names this emptyDir and socket in volumeAttributes and that the driver runs on this node", cfg.SocketPath, cfg.ConnectTimeout, err)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, nil, ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(retryInterval):
 		}
 	}
-	defer conn.Close()
-	go func() {
-		<-ctx.Done()
+}
+
+// request connects and sends one request; the caller reads the answer.
+func request(ctx context.Context, cfg Config, op string) (*net.UnixConn, func(), error) {
+	conn, err := dial(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	done := func() {
+		stop()
 		conn.Close()
-	}()
+	}
 	client := cfg.Client
 	if client == "" {
 		client = "fuse-starter"
 	}
-	if err := fdpassing.SendRequest(conn, &fdpassing.Request{Op: fdpassing.OpMount, Client: client, MountOptions: cfg.MountOptions}, time.Now().Add(10*time.Second)); err != nil {
+	if err := fdpassing.SendRequest(conn, &fdpassing.Request{Op: op, Client: client, MountOptions: cfg.MountOptions}, time.Now().Add(10*time.Second)); err != nil {
+		done()
 		return nil, nil, fmt.Errorf("sending the request to the driver: %w", err)
 	}
+	return conn, done, nil
+}
+
+// Receive asks the driver to mount and returns the /dev/fuse fd.
+func Receive(ctx context.Context, cfg Config) (*os.File, *fdpassing.Response, error) {
+	conn, done, err := request(ctx, cfg, fdpassing.OpMount)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer done()
 	resp, fd, err := fdpassing.ReceiveResponse(conn, time.Now().Add(30*time.Second))
 	if err != nil {
 		return nil, nil, err
@@ -84,6 +100,23 @@ func Receive(ctx context.Context, cfg Config) (*os.File, *fdpassing.Response, er
 		return nil, resp, fmt.Errorf("the driver refused to mount: %s", resp.Error)
 	}
 	return fd, resp, nil
+}
+
+// Unmount asks the driver to detach the volume's FUSE mount.
+func Unmount(ctx context.Context, cfg Config) error {
+	conn, done, err := request(ctx, cfg, fdpassing.OpUnmount)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := fdpassing.ReceiveAck(conn, time.Now().Add(30*time.Second))
+	if err != nil {
+		return err
+	}
+	if resp.Error != "" {
+		return fmt.Errorf("the driver refused to unmount: %s", resp.Error)
+	}
+	return nil
 }
 
 // retryable errors mean the driver has not published the volume yet.

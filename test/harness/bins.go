@@ -25,6 +25,9 @@ type Bins struct {
 	Loopback string
 	// PrivCheck is ./test/tools/privcheck.
 	PrivCheck string
+	// Proxy is ./cmd/fusermount3-proxy, which pod-side processes get over
+	// /usr/bin/fusermount3 and /usr/bin/fusermount (RunOptions.Binds).
+	Proxy string
 }
 
 // Package paths of the binaries in Bins.
@@ -33,6 +36,7 @@ const (
 	StarterPkg   = "./cmd/fuse-starter"
 	LoopbackPkg  = "github.com/hanwen/go-fuse/v2/example/loopback"
 	PrivCheckPkg = "./test/tools/privcheck"
+	ProxyPkg     = "./cmd/fusermount3-proxy"
 )
 
 // build state shared by the whole test process: one bin directory, one build per package.
@@ -65,7 +69,7 @@ var (
 func Binaries(t T) *Bins {
 	t.Helper()
 	binsOnce.Do(func() {
-		pkgs := []string{DriverPkg, StarterPkg, LoopbackPkg, PrivCheckPkg}
+		pkgs := []string{DriverPkg, StarterPkg, LoopbackPkg, PrivCheckPkg, ProxyPkg}
 		paths := make([]string, len(pkgs))
 		errs := make([]error, len(pkgs))
 		var wg sync.WaitGroup
@@ -87,7 +91,7 @@ func Binaries(t T) *Bins {
 			binsErr = fmt.Errorf("building the test binaries:\n%s", strings.Join(failures, "\n"))
 			return
 		}
-		bins = &Bins{Dir: filepath.Dir(paths[0]), Driver: paths[0], Starter: paths[1], Loopback: paths[2], PrivCheck: paths[3]}
+		bins = &Bins{Dir: filepath.Dir(paths[0]), Driver: paths[0], Starter: paths[1], Loopback: paths[2], PrivCheck: paths[3], Proxy: paths[4]}
 	})
 	if binsErr != nil {
 		t.Fatalf("%v", binsErr)

@@ -35,6 +35,10 @@ type RunOptions struct {
 	// Mounts are bind-mounted (recursively, like a container runtime) at the pod's view
 	// paths, only inside the process's own mount namespace.
 	Mounts []Mount
+	// Binds put host files or directories over existing paths inside the process's mount
+	// namespace only, read-only, as files of a container image would be (for example the
+	// fusermount3-proxy over /usr/bin/fusermount3). The host never sees them.
+	Binds []Bind
 	// UID and GID are the user the process runs as; 0 means 65534 (nobody/nogroup), unless
 	// AsRoot is set.
 	UID, GID int
@@ -51,6 +55,12 @@ type RunOptions struct {
 	Env []string
 	// Name labels the process in logs and errors; empty means the base name of Args[0].
 	Name string
+}
+
+// Bind is one file or directory of RunOptions.Binds.
+type Bind struct {
+	// Source is a host path; Target an existing absolute path it covers in the namespace.
+	Source, Target string
 }
 
 // Proc is a running pod-side process.
@@ -142,7 +152,7 @@ func (p *Pod) Run(t T, opts RunOptions) *Proc {
 		dir = home
 	}
 
-	argv := []string{"unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", nsScript, "sh", strconv.Itoa(len(opts.Mounts))}
+	argv := []string{"unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", nsScript, "sh", strconv.Itoa(len(opts.Mounts) + len(opts.Binds))}
 	for _, m := range opts.Mounts {
 		if err := validName("mount", m.Name); err != nil {
 			t.Fatalf("Pod.Run %s: %v", name, err)
@@ -159,6 +169,12 @@ func (p *Pod) Run(t T, opts RunOptions) *Proc {
 			mode = "ro"
 		}
 		argv = append(argv, m.Source, view, mode)
+	}
+	for _, b := range opts.Binds {
+		if b.Source == "" || !filepath.IsAbs(b.Target) {
+			t.Fatalf("Pod.Run %s: bind %q -> %q needs a source and an absolute target", name, b.Source, b.Target)
+		}
+		argv = append(argv, b.Source, b.Target, "ro")
 	}
 	argv = append(argv, dir,
 		// --pdeathsig after the uid change: the kernel clears the parent-death signal on a
