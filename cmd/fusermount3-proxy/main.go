@@ -15,6 +15,7 @@ func main() {
 	p := &fusermountproxy.Proxy{
 		Lookup:  fusermountproxy.DefaultLookup(),
 		Getenv:  os.Getenv,
+		Stdout:  os.Stdout,
 		Stderr:  os.Stderr,
 		Version: version.Get(),
 	}

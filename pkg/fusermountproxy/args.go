@@ -48,6 +48,9 @@ func ParseArgs(args []string) (*Invocation, error) {
 			return err
 		}
 		for _, o := range opts {
+			if o == "" {
+				return fmt.Errorf("empty mount option in -o %q", s)
+			}
 			if o == "auto_unmount" {
 				inv.AutoUnmount = true
 				continue
@@ -56,6 +59,9 @@ func ParseArgs(args []string) (*Invocation, error) {
 		}
 		if len(inv.Options) > mountoptions.MaxOptions {
 			return fmt.Errorf("too many mount options (%d)", len(inv.Options))
+		}
+		if n := len(inv.DriverOptions()); n > mountoptions.MaxOptionsLen {
+			return fmt.Errorf("mount options are %d bytes long; at most %d are allowed", n, mountoptions.MaxOptionsLen)
 		}
 		return nil
 	}

@@ -22,6 +22,7 @@ const FuseVersion = "3.14.0"
 type Proxy struct {
 	Lookup  *Lookup
 	Getenv  func(string) string
+	Stdout  *os.File // -V and -h, as fusermount3 prints them
 	Stderr  *os.File
 	Version string
 }
@@ -34,11 +35,11 @@ func (p *Proxy) Run(args []string) int {
 		return 1
 	}
 	if inv.Help {
-		fmt.Fprint(p.Stderr, usage)
+		fmt.Fprint(p.Stdout, usage)
 		return 0
 	}
 	if inv.Version {
-		fmt.Fprintf(p.Stderr, "fusermount3 version: %s (fusermount3-proxy %s of meta-fuse-csi-plugin)\n", FuseVersion, p.Version)
+		fmt.Fprintf(p.Stdout, "fusermount3 version: %s (fusermount3-proxy %s of meta-fuse-csi-plugin)\n", FuseVersion, p.Version)
 		return 0
 	}
 	log := p.openLog(inv.Quiet)
