@@ -1,0 +1,148 @@
+package integration
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pfnet-research/meta-fuse-csi-plugin/test/harness"
+)
+
+// needProgram skips when a FUSE program is not installed, unless
+// MFCP_REQUIRE_PROGRAMS=1 (set by .ci/run, which installs them all).
+func needProgram(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("MFCP_REQUIRE_PROGRAMS") == "1" {
+			t.Fatalf("%s is not installed (hack/install-test-deps.sh installs it)", name)
+		}
+		t.Skipf("%s is not installed (hack/install-test-deps.sh installs it)", name)
+	}
+	return p
+}
+
+// scratchDir is a directory the pod user owns, for programs that insist on
+// a mountpoint of their own (libfuse 2 opens it; rclone refuses a mountpoint
+// that already is one). The driver mounts at the volume's target anyway.
+func scratchDir(t testing.TB) string {
+	dir := harness.NewDir(t, 0o755)
+	if err := os.Chown(dir, harness.NobodyUID, harness.NobodyGID); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// readWrite proves the data path both ways: a file put into the backend is
+// read at the driver's target, and a file written at the target reaches
+// the backend.
+func readWrite(t testing.TB, v *volume, sidecar *harness.Proc, put func(name string, data []byte), get func(name string) ([]byte, bool), canWrite bool) time.Duration {
+	t.Helper()
+	_, took := waitServed(t, v.target, "from-backend.txt", sidecar)
+	if !canWrite {
+		return took
+	}
+	data := []byte("written at the target " + time.Now().String())
+	if err := os.WriteFile(filepath.Join(v.target, "from-target.txt"), data, 0o644); err != nil {
+		t.Fatalf("write at the target: %v", err)
+	}
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		if got, ok := get("from-target.txt"); ok && bytes.Equal(got, data) {
+			return took
+		}
+		if time.Since(start) > waitLimit {
+			got, _ := get("from-target.txt")
+			t.Fatalf("the file written at the target did not reach the backend: %q", got)
+		}
+	}
+}
+
+func s3Funcs(t testing.TB, s3 *harness.FakeS3) (func(string, []byte), func(string) ([]byte, bool)) {
+	return func(name string, data []byte) { s3.Put(t, name, data) },
+		func(name string) ([]byte, bool) { return s3.Get(t, name) }
+}
+
+func dirFuncs(t testing.TB, dir string) (func(string, []byte), func(string) ([]byte, bool)) {
+	return func(name string, data []byte) {
+			if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, func(name string) ([]byte, bool) {
+			b, err := os.ReadFile(filepath.Join(dir, name))
+			return b, err == nil
+		}
+}
+
+// s3fs (libfuse 2) through fusermount3-proxy; -o auto_unmount makes libfuse
+// 2 run the helper without opening /dev/fuse itself.
+func TestProxyS3fs(t *testing.T) {
+	needProgram(t, "s3fs")
+	e := setup(t)
+	s3 := harness.StartFakeS3(t)
+	put, get := s3Funcs(t, s3)
+	put("from-backend.txt", []byte("object in the bucket\n"))
+	pod, v := e.podWithVolume(t, false)
+	home := scratchDir(t)
+	passwd := filepath.Join(home, "passwd-s3fs")
+	os.WriteFile(passwd, []byte("AKIAFAKE:fakesecret\n"), 0o600)
+	os.Chown(passwd, harness.NobodyUID, harness.NobodyGID)
+	sidecar := e.proxySidecar(t, pod, v, proxyLog(t), home,
+		"s3fs", s3.Bucket, scratchDir(t), "-f", "-o", "auto_unmount,use_path_request_style,url="+s3.URL()+",passwd_file="+passwd)
+	took := readWrite(t, v, sidecar, put, get, true)
+	t.Logf("s3fs via fusermount3-proxy: launch → first read %v", took)
+	if line := fuseMount(t, v.target); !strings.Contains(line, " - fuse.s3fs ") {
+		t.Errorf("mount entry: %s", line)
+	}
+	e.unpublish(t, v)
+	requireNothingMounted(t, e.k)
+}
+
+// bindfs (libfuse 2) through fusermount3-proxy.
+func TestProxyBindfs(t *testing.T) {
+	needProgram(t, "bindfs")
+	e := setup(t)
+	src := backingDir(t)
+	put, get := dirFuncs(t, src)
+	put("from-backend.txt", []byte("file in the source dir\n"))
+	pod, v := e.podWithVolume(t, false)
+	sidecar := e.proxySidecar(t, pod, v, proxyLog(t), "", "bindfs", "-f", "-o", "auto_unmount", src, scratchDir(t))
+	took := readWrite(t, v, sidecar, put, get, true)
+	t.Logf("bindfs via fusermount3-proxy: launch → first read %v", took)
+	e.unpublish(t, v)
+	requireNothingMounted(t, e.k)
+}
+
+// rclone 1.60 `mount` (Go, runs fusermount from PATH) against the S3 server.
+func TestProxyRclone(t *testing.T) {
+	needProgram(t, "rclone")
+	e := setup(t)
+	s3 := harness.StartFakeS3(t)
+	put, get := s3Funcs(t, s3)
+	put("from-backend.txt", []byte("object for rclone\n"))
+	pod, v := e.podWithVolume(t, false)
+	home := scratchDir(t)
+	sidecar := pod.Run(t, harness.RunOptions{
+		Name:   "rclone",
+		Home:   home,
+		Binds:  []harness.Bind{{Source: e.bins.Proxy, Target: "/usr/bin/fusermount3"}},
+		Mounts: []harness.Mount{{Name: "fd", Source: pod.EmptyDirPath(emptyDirName)}},
+		Env: []string{
+			"FUSERMOUNT3PROXY_FDPASSING_SOCKPATH=" + pod.ViewPath("fd") + "/" + socketName,
+			"FUSERMOUNT3PROXY_LOG=" + proxyLog(t),
+			"RCLONE_S3_PROVIDER=Other", "RCLONE_S3_ENDPOINT=" + s3.URL(),
+			"RCLONE_S3_ACCESS_KEY_ID=AKIAFAKE", "RCLONE_S3_SECRET_ACCESS_KEY=fakesecret",
+		},
+		Args: []string{"rclone", "mount", "--config", "/dev/null", "--cache-dir", filepath.Join(home, "cache"), ":s3:" + s3.Bucket, scratchDir(t)},
+	})
+	took := readWrite(t, v, sidecar, put, get, true)
+	t.Logf("rclone mount via fusermount3-proxy: launch → first read %v", took)
+	if line := fuseMount(t, v.target); !strings.Contains(line, " - fuse.rclone ") {
+		t.Errorf("mount entry: %s", line)
+	}
+	e.unpublish(t, v)
+	requireNothingMounted(t, e.k)
+}
