@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,21 +27,35 @@ type Server struct {
 	done chan struct{}
 }
 
-// StartServer runs argv (which must make the server write its address to
-// the file named by the placeholder "{addr-file}") and waits until it is
-// there. The cleanup kills the server and its process tree.
-func StartServer(t T, name string, env []string, argv ...string) *Server {
+// FreeAddr returns a loopback address with a port that was free a moment ago.
+func FreeAddr(t T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// StartServer runs argv, which makes the server listen on addr (a loopback
+// address, see FreeAddr), and waits until addr accepts connections. In argv
+// and env, "{dir}" stands for a fresh directory of the server's. The cleanup
+// kills the server and its process tree.
+func StartServer(t T, name, addr string, env []string, argv ...string) *Server {
 	t.Helper()
 	dir, err := makeDir("srv", 0o755)
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
 	t.Cleanup(func() { removeDirSafely(dir) })
-	addrFile := filepath.Join(dir, "addr")
 	for i, a := range argv {
-		argv[i] = strings.ReplaceAll(a, "{addr-file}", addrFile)
+		argv[i] = strings.ReplaceAll(a, "{dir}", dir)
 	}
-	s := &Server{Name: name, LogPath: filepath.Join(dir, name+".log"), done: make(chan struct{})}
+	for i, a := range env {
+		env[i] = strings.ReplaceAll(a, "{dir}", dir)
+	}
+	s := &Server{Name: name, Addr: addr, LogPath: filepath.Join(dir, name+".log"), done: make(chan struct{})}
 	logf, err := os.Create(s.LogPath)
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
@@ -67,8 +83,8 @@ func StartServer(t T, name string, env []string, argv ...string) *Server {
 	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
-			s.Addr = strings.TrimSpace(string(b))
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
 			break
 		}
 		select {
@@ -104,7 +120,8 @@ type FakeS3 struct {
 func StartFakeS3(t T) *FakeS3 {
 	t.Helper()
 	bin := BuildPackage(t, "./test/tools/fakes3")
-	return &FakeS3{Server: StartServer(t, "fakes3", nil, bin, "-addr", "127.0.0.1:0", "-addr-file", "{addr-file}", "-buckets", "test-bucket"), Bucket: "test-bucket"}
+	addr := FreeAddr(t)
+	return &FakeS3{Server: StartServer(t, "fakes3", addr, nil, bin, "-addr", addr, "-buckets", "test-bucket"), Bucket: "test-bucket"}
 }
 
 // Put stores an object.
@@ -147,3 +164,61 @@ func (s *FakeS3) Get(t T, key string) (data []byte, ok bool) {
 
 // String describes the server.
 func (s *Server) String() string { return fmt.Sprintf("%s at %s", s.Name, s.Addr) }
+
+// FakeGCS is fake-gcs-server (a GCS emulator) with the bucket "test-bucket",
+// objects kept in memory.
+type FakeGCS struct {
+	*Server
+	Bucket string
+}
+
+// StartFakeGCS starts fake-gcs-server from PATH (hack/install-test-deps.sh
+// builds it).
+func StartFakeGCS(t T, bin string) *FakeGCS {
+	t.Helper()
+	addr := FreeAddr(t)
+	_, port, _ := net.SplitHostPort(addr)
+	s := &FakeGCS{Server: StartServer(t, "fake-gcs-server", addr, nil, bin,
+		"-scheme", "http", "-host", "127.0.0.1", "-port", port, "-backend", "memory",
+		"-public-host", addr, "-external-url", "http://"+addr, "-log-level", "warn"), Bucket: "test-bucket"}
+	resp, err := http.Post(s.URL()+"/storage/v1/b?project=test", "application/json", strings.NewReader(`{"name":"test-bucket"}`))
+	if err != nil {
+		t.Fatalf("creating the bucket: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("creating the bucket: %s", resp.Status)
+	}
+	return s
+}
+
+// Put uploads an object.
+func (s *FakeGCS) Put(t T, name string, data []byte) {
+	t.Helper()
+	resp, err := http.Post(s.URL()+"/upload/storage/v1/b/"+s.Bucket+"/o?uploadType=media&name="+url.QueryEscape(name), "application/octet-stream", bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("uploading %s: %v", name, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("uploading %s: %s", name, resp.Status)
+	}
+}
+
+// Get downloads an object; ok is false when it does not exist.
+func (s *FakeGCS) Get(t T, name string) ([]byte, bool) {
+	t.Helper()
+	resp, err := http.Get(s.URL() + "/storage/v1/b/" + s.Bucket + "/o/" + url.PathEscape(name) + "?alt=media")
+	if err != nil {
+		t.Fatalf("downloading %s: %v", name, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, false
+	}
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("downloading %s: %s: %s", name, resp.Status, b)
+	}
+	return b, true
+}

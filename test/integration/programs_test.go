@@ -146,3 +146,74 @@ func TestProxyRclone(t *testing.T) {
 	e.unpublish(t, v)
 	requireNothingMounted(t, e.k)
 }
+
+// gcsfuse (jacobsa/fuse) takes /dev/fd/3 directly: fuse-starter mode.
+func TestStarterGcsfuse(t *testing.T) {
+	gcsfuse := needProgram(t, "gcsfuse")
+	e := setup(t)
+	gcs := harness.StartFakeGCS(t, needProgram(t, "fake-gcs-server"))
+	put, get := gcsFuncs(t, gcs)
+	put("from-backend.txt", []byte("object in the GCS emulator\n"))
+	pod, v := e.podWithVolume(t, false)
+	sidecar := e.starter(t, pod, append([]string{gcsfuse}, gcsfuseArgs(gcs, "/dev/fd/3")...)...)
+	took := readWrite(t, v, sidecar, put, get, true)
+	t.Logf("gcsfuse via fuse-starter: launch → first read %v", took)
+	e.unpublish(t, v)
+	requireNothingMounted(t, e.k)
+}
+
+// gcsfuse through fusermount3-proxy (it runs /usr/bin/fusermount3 by path).
+func TestProxyGcsfuse(t *testing.T) {
+	gcsfuse := needProgram(t, "gcsfuse")
+	e := setup(t)
+	gcs := harness.StartFakeGCS(t, needProgram(t, "fake-gcs-server"))
+	put, get := gcsFuncs(t, gcs)
+	put("from-backend.txt", []byte("object in the GCS emulator\n"))
+	pod, v := e.podWithVolume(t, false)
+	sidecar := e.proxySidecar(t, pod, v, proxyLog(t), "", append([]string{gcsfuse}, gcsfuseArgs(gcs, scratchDir(t))...)...)
+	took := readWrite(t, v, sidecar, put, get, true)
+	t.Logf("gcsfuse via fusermount3-proxy: launch → first read %v", took)
+	if line := fuseMount(t, v.target); !strings.Contains(line, " - fuse.gcsfuse ") {
+		t.Errorf("mount entry: %s", line)
+	}
+	e.unpublish(t, v)
+	requireNothingMounted(t, e.k)
+}
+
+func gcsfuseArgs(gcs *harness.FakeGCS, mountpoint string) []string {
+	// --enable-hns=false: otherwise gcsfuse asks the emulator for the bucket
+	// layout over gRPC and retries for minutes.
+	return []string{"--foreground", "--anonymous-access", "--enable-hns=false", "--trace-exporters=",
+		"--custom-endpoint", gcs.URL() + "/storage/v1/", gcs.Bucket, mountpoint}
+}
+
+func gcsFuncs(t testing.TB, gcs *harness.FakeGCS) (func(string, []byte), func(string) ([]byte, bool)) {
+	return func(name string, data []byte) { gcs.Put(t, name, data) },
+		func(name string) ([]byte, bool) { return gcs.Get(t, name) }
+}
+
+// goofys (an old jacobsa/fuse fork that refuses /dev/fd/N) through
+// fusermount3-proxy against the S3 server.
+func TestProxyGoofys(t *testing.T) {
+	goofys := needProgram(t, "goofys")
+	e := setup(t)
+	s3 := harness.StartFakeS3(t)
+	put, get := s3Funcs(t, s3)
+	put("from-backend.txt", []byte("object for goofys\n"))
+	pod, v := e.podWithVolume(t, false)
+	sidecar := pod.Run(t, harness.RunOptions{
+		Name:   "goofys",
+		Binds:  []harness.Bind{{Source: e.bins.Proxy, Target: "/usr/bin/fusermount3"}},
+		Mounts: []harness.Mount{{Name: "fd", Source: pod.EmptyDirPath(emptyDirName)}},
+		Env: []string{
+			"FUSERMOUNT3PROXY_FDPASSING_SOCKPATH=" + pod.ViewPath("fd") + "/" + socketName,
+			"FUSERMOUNT3PROXY_LOG=" + proxyLog(t),
+			"AWS_ACCESS_KEY_ID=AKIAFAKE", "AWS_SECRET_ACCESS_KEY=fakesecret",
+		},
+		Args: []string{goofys, "-f", "--endpoint", s3.URL(), s3.Bucket, scratchDir(t)},
+	})
+	took := readWrite(t, v, sidecar, put, get, true)
+	t.Logf("goofys via fusermount3-proxy: launch → first read %v", took)
+	e.unpublish(t, v)
+	requireNothingMounted(t, e.k)
+}

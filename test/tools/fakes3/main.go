@@ -1,7 +1,6 @@
 // Command fakes3 is a small in-memory S3 server for the integration tests
 // (gofakes3): path-style requests, signatures not checked, buckets created
-// at start. It listens on loopback only and writes its address to a file
-// once it accepts connections.
+// at start. It listens on loopback only.
 package main
 
 import (
@@ -9,7 +8,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 
 	"github.com/johannesboyne/gofakes3"
@@ -18,7 +16,6 @@ import (
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address (loopback)")
-	addrFile := flag.String("addr-file", "", "write the address here once listening")
 	buckets := flag.String("buckets", "test-bucket", "comma-separated buckets to create")
 	flag.Parse()
 
@@ -34,11 +31,6 @@ func main() {
 	l, err := net.Listen("tcp", *addr)
 	if err != nil {
 		log.Fatal(err)
-	}
-	if *addrFile != "" {
-		if err := os.WriteFile(*addrFile, []byte(l.Addr().String()), 0o644); err != nil {
-			log.Fatal(err)
-		}
 	}
 	log.Printf("fakes3 on http://%s, buckets %s", l.Addr(), *buckets)
 	log.Fatal(http.Serve(l, gofakes3.New(backend, gofakes3.WithAutoBucket(false)).Server()))
