@@ -227,8 +227,10 @@ func checkValue(name, value string, hasValue, strict bool) error {
 		return fmt.Errorf("mount option %s= needs a value of 1 to %d characters", name, maxValueLen)
 	}
 	for _, c := range []byte(value) {
-		if c <= ' ' || c >= 0x7f {
-			return fmt.Errorf("mount option %s=%q may contain only printable ASCII without spaces", name, value)
+		// Spaces are fine in a mount source ("user@host:/a dir"): the
+		// mount table escapes them. Control and non-ASCII bytes are not.
+		if c < ' ' || c >= 0x7f || (c == ' ' && strict) {
+			return fmt.Errorf("mount option %s=%q may contain only printable ASCII", name, value)
 		}
 		if strict && !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '.' || c == '_' || c == '-') {
 			return fmt.Errorf("mount option %s=%q may contain only letters, digits, '.', '_' and '-'", name, value)
