@@ -99,10 +99,11 @@ func TestProxyGoFuseClearedEnvironment(t *testing.T) {
 	logPath := proxyLog(t)
 	backing := backingDir(t)
 	sidecar := e.proxySidecar(t, pod, v, logPath, "", e.bins.Loopback, pod.ViewPath("data"), backing)
-	got, _ := waitServed(t, v.target, "hello.txt", sidecar)
+	got, took := waitServed(t, v.target, "hello.txt", sidecar)
 	if !strings.Contains(got, "hello") {
 		t.Fatalf("read %q", got)
 	}
+	t.Logf("go-fuse loopback through fusermount3-proxy: launch → served %v", took)
 	if line := fuseMount(t, v.target); !strings.Contains(line, "max_read=") {
 		t.Errorf("go-fuse's max_read did not reach the mount: %s", line)
 	}
