@@ -19,6 +19,7 @@ require (
 	google.golang.org/grpc v1.85.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 	k8s.io/klog/v2 v2.140.0 // indirect
+	k8s.io/kubelet v0.36.3 // indirect
 )
 
 tool github.com/hanwen/go-fuse/v2/example/loopback

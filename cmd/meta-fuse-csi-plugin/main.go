@@ -7,11 +7,14 @@ import (
 	"flag"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
+	"time"
 
 	"k8s.io/klog/v2"
 
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/csidriver"
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/registration"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/version"
 )
 
@@ -22,10 +25,22 @@ func main() {
 	kubeletDir := flag.String("kubelet-dir", "/var/lib/kubelet", "kubelet's root directory, as kubelet names it in target paths")
 	stateDir := flag.String("state-dir", "", "where the driver records published volumes to serve them after a restart (default <kubelet-dir>/plugins/"+csidriver.DriverName+"/state)")
 	handshake := flag.Duration("handshake-timeout", 0, "how long a connected FUSE process may take to send its request (default 10s)")
+	register := flag.Bool("register-with-kubelet", false, "register with kubelet's plugin watcher directly (instead of the node-driver-registrar sidecar)")
+	regPath := flag.String("kubelet-registration-path", "", "with --register-with-kubelet: the CSI socket's path as kubelet sees it (default <kubelet-dir>/plugins/"+csidriver.DriverName+"/csi.sock)")
+	probe := flag.Bool("probe", false, "check that the driver at --endpoint answers a CSI Probe, and exit 0 if so (for a liveness probe)")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *showVersion {
 		os.Stdout.WriteString(version.Get() + "\n")
+		return
+	}
+	if *probe {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := csidriver.ProbeEndpoint(ctx, *endpoint); err != nil {
+			klog.ErrorS(err, "probe failed", "endpoint", *endpoint)
+			klog.FlushAndExit(klog.ExitFlushTimeout, 1)
+		}
 		return
 	}
 	if *nodeID == "" {
@@ -44,7 +59,19 @@ func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
 	d.Recover()
-	err = d.Serve(ctx, *endpoint)
+
+	errs := make(chan error, 2)
+	go func() { errs <- d.Serve(ctx, *endpoint) }()
+	if *register {
+		path := *regPath
+		if path == "" {
+			path = filepath.Join(*kubeletDir, "plugins", csidriver.DriverName, "csi.sock")
+		}
+		reg := &registration.Server{DriverName: csidriver.DriverName, Endpoint: path}
+		go func() { errs <- reg.Serve(ctx, registration.SocketPath(*kubeletDir, csidriver.DriverName)) }()
+	}
+	err = <-errs
+	cancel()
 	d.Close()
 	if err != nil {
 		klog.ErrorS(err, "driver stopped")

@@ -17,6 +17,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"k8s.io/klog/v2"
@@ -193,4 +194,26 @@ func sanitize(req any) any {
 	c := proto.Clone(p).(*csi.NodePublishVolumeRequest)
 	c.VolumeContext[ctxTokens] = "***stripped***"
 	return c
+}
+
+// ProbeEndpoint calls Probe on the driver at endpoint: what a liveness probe
+// runs (the driver image has no shell and needs no open port).
+func ProbeEndpoint(ctx context.Context, endpoint string) error {
+	path, err := ParseEndpoint(endpoint)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient("unix:"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	resp, err := csi.NewIdentityClient(conn).Probe(ctx, &csi.ProbeRequest{})
+	if err != nil {
+		return err
+	}
+	if r := resp.GetReady(); r != nil && !r.GetValue() {
+		return errors.New("driver reports not ready")
+	}
+	return nil
 }
