@@ -42,7 +42,11 @@ func scratchDir(t testing.TB) string {
 // the backend.
 func readWrite(t testing.TB, v *volume, sidecar *harness.Proc, put func(name string, data []byte), get func(name string) ([]byte, bool), canWrite bool) time.Duration {
 	t.Helper()
-	_, took := waitServed(t, v.target, "from-backend.txt", sidecar)
+	want, took := waitServed(t, v.target, "from-backend.txt", sidecar)
+	// A non-root app container of the pod reads it too (through HostToContainer).
+	if code, out := app(t, v.pod, v.target, 1000, `cat "$DATA/from-backend.txt"`); code != 0 || out != want {
+		t.Fatalf("app as uid 1000: exit %d, read %q, want %q", code, out, want)
+	}
 	if !canWrite {
 		return took
 	}
@@ -78,7 +82,8 @@ func dirFuncs(t testing.TB, dir string) (func(string, []byte), func(string) ([]b
 }
 
 // s3fs (libfuse 2) through fusermount3-proxy; -o auto_unmount makes libfuse
-// 2 run the helper without opening /dev/fuse itself.
+// 2 run the helper without opening /dev/fuse itself; umask=0022 lets other
+// users of the pod read (s3fs shows objects as 0640 by default).
 func TestProxyS3fs(t *testing.T) {
 	needProgram(t, "s3fs")
 	e := setup(t)
@@ -91,7 +96,7 @@ func TestProxyS3fs(t *testing.T) {
 	os.WriteFile(passwd, []byte("AKIAFAKE:fakesecret\n"), 0o600)
 	os.Chown(passwd, harness.NobodyUID, harness.NobodyGID)
 	sidecar := e.proxySidecar(t, pod, v, proxyLog(t), home,
-		"s3fs", s3.Bucket, scratchDir(t), "-f", "-o", "auto_unmount,use_path_request_style,url="+s3.URL()+",passwd_file="+passwd)
+		"s3fs", s3.Bucket, scratchDir(t), "-f", "-o", "auto_unmount,umask=0022,use_path_request_style,url="+s3.URL()+",passwd_file="+passwd)
 	took := readWrite(t, v, sidecar, put, get, true)
 	t.Logf("s3fs via fusermount3-proxy: launch → first read %v", took)
 	if line := fuseMount(t, v.target); !strings.Contains(line, " - fuse.s3fs ") {

@@ -1,6 +1,7 @@
 // Command fakes3 is a small in-memory S3 server for the integration tests
 // (gofakes3): path-style requests, signatures not checked, buckets created
-// at start. It listens on loopback only.
+// at start. The tests run it on loopback; the examples run it as a
+// sidecar of the pod.
 package main
 
 import (
@@ -17,6 +18,11 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address (loopback)")
 	buckets := flag.String("buckets", "test-bucket", "comma-separated buckets to create")
+	var objects []string
+	flag.Func("object", "BUCKET/KEY=CONTENT: an object to create at start (repeatable)", func(v string) error {
+		objects = append(objects, v)
+		return nil
+	})
 	flag.Parse()
 
 	backend := s3mem.New()
@@ -26,6 +32,16 @@ func main() {
 		}
 		if err := backend.CreateBucket(b); err != nil {
 			log.Fatalf("creating bucket %s: %v", b, err)
+		}
+	}
+	for _, o := range objects {
+		path, content, ok := strings.Cut(o, "=")
+		bucket, key, ok2 := strings.Cut(path, "/")
+		if !ok || !ok2 {
+			log.Fatalf("-object %q: want BUCKET/KEY=CONTENT", o)
+		}
+		if _, err := backend.PutObject(bucket, key, map[string]string{}, strings.NewReader(content), int64(len(content)), nil); err != nil {
+			log.Fatalf("creating object %s: %v", path, err)
 		}
 	}
 	l, err := net.Listen("tcp", *addr)

@@ -1,0 +1,190 @@
+// Package e2e runs the driver on a real kubelet: it applies deploy/, then
+// every example that can be built here, and checks what the app container
+// reads against what the backend holds. It runs only when MFCP_E2E=1 and
+// KUBECONFIG point at a cluster whose node is this machine (make test-e2e
+// brings one up with hack/local-cluster).
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+const (
+	driverNS   = "mfcp-system"
+	driverName = "meta-fuse-csi-plugin.csi.storage.pfn.io"
+	// seeded is what every example's backend holds at test.txt and subdir/test.txt.
+	seeded = "This is a test file for meta-fuse-csi-plugin\n"
+)
+
+// examples that can be built and run here (mountpoint-s3 and ros3fs cannot).
+var examples = []struct{ mode, impl, file string }{
+	{"starter", "sshfs", "deploy.yaml"},
+	{"proxy", "sshfs", "deploy.yaml"},
+	{"proxy", "s3fs", "deploy.yaml"},
+	{"proxy", "rclone", "deploy.yaml"},
+	{"proxy", "goofys", "deploy.yaml"},
+	{"starter", "gcsfuse", "deploy-emulator.yaml"},
+	{"proxy", "gcsfuse", "deploy-emulator.yaml"},
+}
+
+func repoRoot(t *testing.T) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+func kubectl(t *testing.T, timeout time.Duration, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "kubectl", args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+func mustKubectl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := kubectl(t, 3*time.Minute, args...)
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv("MFCP_E2E") != "1" || os.Getenv("KUBECONFIG") == "" {
+		fmt.Println("e2e: skipped (set MFCP_E2E=1 and KUBECONFIG; make test-e2e does both)")
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// deployDriver applies deploy/ and waits until kubelet registered the driver.
+// Without the node-driver-registrar image (MFCP_E2E_BUILTIN_REGISTRAR=1) the
+// DaemonSet is switched to the driver's own registration.
+func deployDriver(t *testing.T) {
+	t.Helper()
+	root := repoRoot(t)
+	mustKubectl(t, "apply", "-f", filepath.Join(root, "deploy"))
+	if os.Getenv("MFCP_E2E_BUILTIN_REGISTRAR") == "1" {
+		patch := `[
+{"op":"remove","path":"/spec/template/spec/containers/1"},
+{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--register-with-kubelet"},
+{"op":"add","path":"/spec/template/spec/containers/0/volumeMounts/-","value":{"name":"registration-dir","mountPath":"/var/lib/kubelet/plugins_registry"}}
+]`
+		// Idempotent: only patch a DaemonSet that still has the sidecar.
+		if out := mustKubectl(t, "-n", driverNS, "get", "ds", "meta-fuse-csi-plugin", "-o", "jsonpath={.spec.template.spec.containers[*].name}"); strings.Contains(out, "node-driver-registrar") {
+			mustKubectl(t, "-n", driverNS, "patch", "ds", "meta-fuse-csi-plugin", "--type", "json", "-p", patch)
+		}
+	}
+	mustKubectl(t, "-n", driverNS, "rollout", "status", "ds/meta-fuse-csi-plugin", "--timeout=180s")
+	waitFor(t, 2*time.Minute, "the driver registered with kubelet", func() bool {
+		out, _ := kubectl(t, 30*time.Second, "get", "csinode", "-o", "jsonpath={.items[*].spec.drivers[*].name}")
+		return strings.Contains(out, driverName)
+	})
+}
+
+func waitFor(t *testing.T, limit time.Duration, what string, f func() bool) {
+	t.Helper()
+	for start := time.Now(); !f(); time.Sleep(time.Second) {
+		if time.Since(start) > limit {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+	}
+}
+
+func podUID(t *testing.T, name string) string {
+	return mustKubectl(t, "get", "pod", name, "-o", "jsonpath={.metadata.uid}")
+}
+
+// fuseMountsOfPod lists FUSE mounts of the pod on this node (the test runs on the node).
+func fuseMountsOfPod(t *testing.T, uid string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 4 && strings.Contains(f[4], "/pods/"+uid+"/") && strings.Contains(l, " - fuse") {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
+func describe(t *testing.T, name string) string {
+	out, _ := kubectl(t, time.Minute, "describe", "pod", name)
+	logs, _ := kubectl(t, time.Minute, "logs", name, "--all-containers", "--tail=30")
+	return out + "\n--- logs ---\n" + logs
+}
+
+func TestExamples(t *testing.T) {
+	deployDriver(t)
+	root := repoRoot(t)
+	for _, ex := range examples {
+		name := fmt.Sprintf("mfcp-example-%s-%s", ex.mode, ex.impl)
+		t.Run(ex.mode+"/"+ex.impl, func(t *testing.T) {
+			manifest := filepath.Join(root, "examples", ex.mode, ex.impl, ex.file)
+			start := time.Now()
+			mustKubectl(t, "apply", "-f", manifest)
+			t.Cleanup(func() {
+				kubectl(t, 2*time.Minute, "delete", "-f", manifest, "--wait=true", "--timeout=90s")
+			})
+			if out, err := kubectl(t, 4*time.Minute, "wait", "--for=condition=Ready", "pod/"+name, "--timeout=180s"); err != nil {
+				t.Fatalf("pod not Ready: %v\n%s\n%s", err, out, describe(t, name))
+			}
+			t.Logf("%s: kubectl apply → Ready in %v", name, time.Since(start).Round(10*time.Millisecond))
+
+			// The app container (non-root) reads the backend's file at /data and at a subPath.
+			for _, p := range []string{"/data/test.txt", "/data-subpath/test.txt"} {
+				got := mustKubectl(t, "exec", name, "-c", "busybox", "--", "cat", p)
+				if got != seeded {
+					t.Fatalf("%s in the app container = %q, want %q\n%s", p, got, seeded, describe(t, name))
+				}
+			}
+			if id := mustKubectl(t, "exec", name, "-c", "busybox", "--", "id", "-u"); strings.TrimSpace(id) == "0" {
+				t.Errorf("the app container runs as root")
+			}
+
+			uid := podUID(t, name)
+			if len(fuseMountsOfPod(t, uid)) == 0 {
+				t.Fatalf("no FUSE mount of the pod on the node")
+			}
+			mustKubectl(t, "delete", "pod", name, "--wait=true", "--timeout=90s")
+			waitFor(t, time.Minute, "the pod's FUSE mount to go", func() bool { return len(fuseMountsOfPod(t, uid)) == 0 })
+		})
+	}
+}
+
+// Deleting the driver's pod (an upgrade, a crash) leaves running volumes
+// served, and the new driver pod unpublishes them later.
+func TestDriverRestartKeepsVolumesServed(t *testing.T) {
+	deployDriver(t)
+	root := repoRoot(t)
+	name := "mfcp-example-proxy-s3fs"
+	manifest := filepath.Join(root, "examples", "proxy", "s3fs", "deploy.yaml")
+	mustKubectl(t, "apply", "-f", manifest)
+	t.Cleanup(func() { kubectl(t, 2*time.Minute, "delete", "-f", manifest, "--wait=true", "--timeout=90s") })
+	if out, err := kubectl(t, 4*time.Minute, "wait", "--for=condition=Ready", "pod/"+name, "--timeout=180s"); err != nil {
+		t.Fatalf("pod not Ready: %v\n%s\n%s", err, out, describe(t, name))
+	}
+	mustKubectl(t, "-n", driverNS, "delete", "pod", "-l", "app.kubernetes.io/name=meta-fuse-csi-plugin", "--wait=true")
+	mustKubectl(t, "-n", driverNS, "rollout", "status", "ds/meta-fuse-csi-plugin", "--timeout=180s")
+	if got := mustKubectl(t, "exec", name, "-c", "busybox", "--", "cat", "/data/test.txt"); got != seeded {
+		t.Fatalf("after the driver restart: %q", got)
+	}
+	uid := podUID(t, name)
+	mustKubectl(t, "delete", "pod", name, "--wait=true", "--timeout=90s")
+	waitFor(t, time.Minute, "the pod's FUSE mount to go", func() bool { return len(fuseMountsOfPod(t, uid)) == 0 })
+}
