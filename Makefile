@@ -6,13 +6,17 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X github.com/pfnet-research/meta-fuse-csi-plugin/pkg/version.Version=$(VERSION)
 FUZZTIME ?= 10s
 
-.PHONY: all build test test-unit test-integration vet fuzz bench demo clean
+.PHONY: all build images test test-unit test-integration test-e2e vet fuzz bench demo clean
 
 all: build
 
 ## build: the driver and the pod-side binaries into ./bin (static, no cgo)
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+## images: the driver and example images as OCI tarballs in _output/images, without Docker
+images:
+	hack/images/build.sh --out _output/images
 
 ## test: vet, unit tests and the privileged integration tests (root and /dev/fuse; skipped with a reason otherwise)
 test: vet
@@ -25,6 +29,10 @@ test-unit:
 ## test-integration: only the kubelet-like integration tests
 test-integration:
 	$(GO) test -count=1 -v ./test/integration/...
+
+## test-e2e: deploy/ and the examples on a real kubelet (hack/local-cluster, or kind where Docker is)
+test-e2e:
+	hack/test-e2e.sh
 
 vet:
 	$(GO) vet ./...
@@ -47,4 +55,4 @@ demo:
 	$(GO) run ./hack/demo
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) _output

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the integration tests run: FUSE programs from Debian, and
-# the ones only the Go module proxy has (gcsfuse, goofys, fake-gcs-server),
+# the ones only the Go module proxy has (gcsfuse, goofys, fake-gcs-server,
+# and helm for the chart),
 # built once into a cache outside the repository keyed by version.
 #
 # Usage: hack/install-test-deps.sh            (as root, on Debian 12)
@@ -44,6 +45,8 @@ go_tool() {
 # gcsfuse 3.12+ needs Go 1.27; 3.11.4 is the newest that builds with Go 1.26.
 go_tool gcsfuse v3.11.4 github.com/googlecloudplatform/gcsfuse/v3
 go_tool fake-gcs-server v1.56.1 github.com/fsouza/fake-gcs-server
+# helm renders the chart in the manifest tests.
+go_tool helm v3.22.0 helm.sh/helm/v3/cmd/helm
 
 # goofys v0.24.0 has no go.mod: hack/test-programs/goofys pins its dependencies.
 goofys_dir="$cache/goofys-v0.24.0"

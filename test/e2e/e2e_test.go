@@ -25,15 +25,17 @@ const (
 	seeded = "This is a test file for meta-fuse-csi-plugin\n"
 )
 
-// examples that can be built and run here (mountpoint-s3 and ros3fs cannot).
-var examples = []struct{ mode, impl, file string }{
-	{"starter", "sshfs", "deploy.yaml"},
-	{"proxy", "sshfs", "deploy.yaml"},
-	{"proxy", "s3fs", "deploy.yaml"},
-	{"proxy", "rclone", "deploy.yaml"},
-	{"proxy", "goofys", "deploy.yaml"},
-	{"starter", "gcsfuse", "deploy-emulator.yaml"},
-	{"proxy", "gcsfuse", "deploy-emulator.yaml"},
+// examples that can be built and run here (mountpoint-s3 and ros3fs cannot):
+// the pod's name and its manifest under examples/.
+var examples = []struct{ pod, manifest string }{
+	{"mfcp-example-starter-sshfs", "starter/sshfs/deploy.yaml"},
+	{"mfcp-example-proxy-sshfs", "proxy/sshfs/deploy.yaml"},
+	{"mfcp-example-proxy-s3fs", "proxy/s3fs/deploy.yaml"},
+	{"mfcp-example-proxy-rclone", "proxy/rclone/deploy.yaml"},
+	{"mfcp-example-proxy-goofys", "proxy/goofys/deploy.yaml"},
+	{"mfcp-example-starter-gcsfuse", "starter/gcsfuse/deploy-emulator.yaml"},
+	{"mfcp-example-proxy-gcsfuse", "proxy/gcsfuse/deploy-emulator.yaml"},
+	{"mfcp-example-static-pv", "static-pv/deploy.yaml"},
 }
 
 func repoRoot(t *testing.T) string {
@@ -107,12 +109,27 @@ func podUID(t *testing.T, name string) string {
 	return mustKubectl(t, "get", "pod", name, "-o", "jsonpath={.metadata.uid}")
 }
 
-// fuseMountsOfPod lists FUSE mounts of the pod on this node (the test runs on the node).
-func fuseMountsOfPod(t *testing.T, uid string) []string {
+// nodeMountinfo reads the node's mount table: here, or through the command
+// in MFCP_E2E_NODE_EXEC when the node is a container (kind).
+func nodeMountinfo(t *testing.T) []byte {
+	t.Helper()
+	if prefix := strings.Fields(os.Getenv("MFCP_E2E_NODE_EXEC")); len(prefix) > 0 {
+		out, err := exec.Command(prefix[0], append(prefix[1:], "cat", "/proc/self/mountinfo")...).Output()
+		if err != nil {
+			t.Fatalf("reading the node's mount table: %v", err)
+		}
+		return out
+	}
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return b
+}
+
+// fuseMountsOfPod lists FUSE mounts of the pod on the node.
+func fuseMountsOfPod(t *testing.T, uid string) []string {
+	b := nodeMountinfo(t)
 	var out []string
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Fields(l)
@@ -133,9 +150,9 @@ func TestExamples(t *testing.T) {
 	deployDriver(t)
 	root := repoRoot(t)
 	for _, ex := range examples {
-		name := fmt.Sprintf("mfcp-example-%s-%s", ex.mode, ex.impl)
-		t.Run(ex.mode+"/"+ex.impl, func(t *testing.T) {
-			manifest := filepath.Join(root, "examples", ex.mode, ex.impl, ex.file)
+		name := ex.pod
+		t.Run(strings.TrimPrefix(name, "mfcp-example-"), func(t *testing.T) {
+			manifest := filepath.Join(root, "examples", ex.manifest)
 			start := time.Now()
 			mustKubectl(t, "apply", "-f", manifest)
 			t.Cleanup(func() {
