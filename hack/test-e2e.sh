@@ -22,7 +22,7 @@ case "$cluster" in
 local)
   echo "== starting the local cluster" >&2
   kubeconfig=$(hack/local-cluster up | tail -n 1)
-  [ "${MFCP_KEEP_CLUSTER:-0}" = 1 ] || trap 'hack/local-cluster down' EXIT
+  [ "${MFCP_KEEP_CLUSTER:-0}" = 1 ] || trap 'hack/local-cluster down --wipe' EXIT
   eval "$(hack/local-cluster env)"
   hack/local-cluster import "$images_dir"/*.tar
   # The node-driver-registrar image cannot be had here: the driver registers itself.

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -76,24 +77,60 @@ func TestMain(m *testing.M) {
 // DaemonSet is switched to the driver's own registration.
 func deployDriver(t *testing.T) {
 	t.Helper()
+	deployOnce.Do(func() { deployErr = deploy(t) })
+	if deployErr != "" {
+		t.Fatal(deployErr)
+	}
+}
+
+var (
+	deployOnce sync.Once
+	deployErr  string
+)
+
+func deploy(t *testing.T) (failure string) {
 	root := repoRoot(t)
-	mustKubectl(t, "apply", "-f", filepath.Join(root, "deploy"))
+	// A DaemonSet left by an earlier run would be merged with, not replaced.
+	kubectl(t, 2*time.Minute, "-n", driverNS, "delete", "ds", "meta-fuse-csi-plugin", "--ignore-not-found", "--wait=true")
+	// The namespace first; the apiserver may take a moment before it admits
+	// objects into a namespace it just created.
+	for _, f := range []string{"csi-driver.yaml", "csi-driver-daemonset.yaml"} {
+		var out string
+		var err error
+		for try := 0; try < 10; try++ {
+			if out, err = kubectl(t, time.Minute, "apply", "-f", filepath.Join(root, "deploy", f)); err == nil {
+				break
+			}
+			time.Sleep(time.Second)
+		}
+		if err != nil {
+			return fmt.Sprintf("kubectl apply -f deploy/%s: %v\n%s", f, err, out)
+		}
+	}
 	if os.Getenv("MFCP_E2E_BUILTIN_REGISTRAR") == "1" {
 		patch := `[
 {"op":"remove","path":"/spec/template/spec/containers/1"},
 {"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--register-with-kubelet"},
 {"op":"add","path":"/spec/template/spec/containers/0/volumeMounts/-","value":{"name":"registration-dir","mountPath":"/var/lib/kubelet/plugins_registry"}}
 ]`
-		// Idempotent: only patch a DaemonSet that still has the sidecar.
-		if out := mustKubectl(t, "-n", driverNS, "get", "ds", "meta-fuse-csi-plugin", "-o", "jsonpath={.spec.template.spec.containers[*].name}"); strings.Contains(out, "node-driver-registrar") {
-			mustKubectl(t, "-n", driverNS, "patch", "ds", "meta-fuse-csi-plugin", "--type", "json", "-p", patch)
+		if out, err := kubectl(t, time.Minute, "-n", driverNS, "patch", "ds", "meta-fuse-csi-plugin", "--type", "json", "-p", patch); err != nil {
+			return fmt.Sprintf("switching to the built-in registration: %v\n%s", err, out)
 		}
 	}
-	mustKubectl(t, "-n", driverNS, "rollout", "status", "ds/meta-fuse-csi-plugin", "--timeout=180s")
-	waitFor(t, 2*time.Minute, "the driver registered with kubelet", func() bool {
+	if out, err := kubectl(t, 4*time.Minute, "-n", driverNS, "rollout", "status", "ds/meta-fuse-csi-plugin", "--timeout=180s"); err != nil {
+		desc, _ := kubectl(t, time.Minute, "-n", driverNS, "describe", "pods")
+		return fmt.Sprintf("driver DaemonSet not ready: %v\n%s\n%s", err, out, desc)
+	}
+	for start := time.Now(); ; time.Sleep(time.Second) {
 		out, _ := kubectl(t, 30*time.Second, "get", "csinode", "-o", "jsonpath={.items[*].spec.drivers[*].name}")
-		return strings.Contains(out, driverName)
-	})
+		if strings.Contains(out, driverName) {
+			return ""
+		}
+		if time.Since(start) > 2*time.Minute {
+			logs, _ := kubectl(t, time.Minute, "-n", driverNS, "logs", "ds/meta-fuse-csi-plugin", "--all-containers")
+			return "the driver did not register with kubelet:\n" + logs
+		}
+	}
 }
 
 func waitFor(t *testing.T, limit time.Duration, what string, f func() bool) {

@@ -43,6 +43,9 @@ func scratchDir(t testing.TB) string {
 func readWrite(t testing.TB, v *volume, sidecar *harness.Proc, put func(name string, data []byte), get func(name string) ([]byte, bool), canWrite bool) time.Duration {
 	t.Helper()
 	want, took := waitServed(t, v.target, "from-backend.txt", sidecar)
+	if b, _ := get("from-backend.txt"); string(b) != want {
+		t.Fatalf("read %q through the mount, the backend holds %q", want, b)
+	}
 	// A non-root app container of the pod reads it too (through HostToContainer).
 	if code, out := app(t, v.pod, v.target, 1000, `cat "$DATA/from-backend.txt"`); code != 0 || out != want {
 		t.Fatalf("app as uid 1000: exit %d, read %q, want %q", code, out, want)

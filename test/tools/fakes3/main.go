@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
@@ -40,7 +41,10 @@ func main() {
 		if !ok || !ok2 {
 			log.Fatalf("-object %q: want BUCKET/KEY=CONTENT", o)
 		}
-		if _, err := backend.PutObject(bucket, key, map[string]string{}, strings.NewReader(content), int64(len(content)), nil); err != nil {
+		// What gofakes3's PUT handler records; without Last-Modified, s3fs
+		// reads the object as zeros.
+		meta := map[string]string{"Last-Modified": time.Now().UTC().Format(http.TimeFormat), "Content-Type": "text/plain"}
+		if _, err := backend.PutObject(bucket, key, meta, strings.NewReader(content), int64(len(content)), nil); err != nil {
 			log.Fatalf("creating object %s: %v", path, err)
 		}
 	}
