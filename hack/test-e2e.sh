@@ -13,28 +13,27 @@ if [ -z "$cluster" ]; then
   if command -v kind >/dev/null && docker info >/dev/null 2>&1; then cluster=kind; else cluster=local; fi
 fi
 
-images_dir="${MFCP_IMAGES_DIR:-_output/images}"
+export MFCP_IMAGES_DIR="${MFCP_IMAGES_DIR:-$PWD/_output/images}"
 start=$SECONDS
-echo "== building images into $images_dir" >&2
-hack/images/build.sh --out "$images_dir"
 
 case "$cluster" in
 local)
-  echo "== starting the local cluster" >&2
-  kubeconfig=$(hack/local-cluster up | tail -n 1)
+  echo "== starting the local cluster (it builds and imports the images)" >&2
   [ "${MFCP_KEEP_CLUSTER:-0}" = 1 ] || trap 'hack/local-cluster down --wipe' EXIT
+  kubeconfig=$(hack/local-cluster up | tail -n 1)
   eval "$(hack/local-cluster env)"
-  hack/local-cluster import "$images_dir"/*.tar
   # The node-driver-registrar image cannot be had here: the driver registers itself.
   export MFCP_E2E_BUILTIN_REGISTRAR=1
   ;;
 kind)
+  echo "== building images into $MFCP_IMAGES_DIR" >&2
+  hack/images/build.sh --out "$MFCP_IMAGES_DIR"
   name="${MFCP_KIND_CLUSTER:-mfcp-e2e}"
   kind get clusters | grep -qx "$name" || kind create cluster --name "$name"
   [ "${MFCP_KEEP_CLUSTER:-0}" = 1 ] || trap 'kind delete cluster --name "$name"' EXIT
   kubeconfig="$(mktemp)"
   kind get kubeconfig --name "$name" > "$kubeconfig"
-  for tar in "$images_dir"/*.tar; do kind load image-archive --name "$name" "$tar"; done
+  for tar in "$MFCP_IMAGES_DIR"/*.tar; do kind load image-archive --name "$name" "$tar"; done
   # The node is a container: read its mount table there.
   export MFCP_E2E_NODE_EXEC="docker exec $name-control-plane"
   ;;
