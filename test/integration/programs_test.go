@@ -133,19 +133,10 @@ func TestProxyRclone(t *testing.T) {
 	put("from-backend.txt", []byte("object for rclone\n"))
 	pod, v := e.podWithVolume(t, false)
 	home := scratchDir(t)
-	sidecar := pod.Run(t, harness.RunOptions{
-		Name:   "rclone",
-		Home:   home,
-		Binds:  []harness.Bind{{Source: e.bins.Proxy, Target: "/usr/bin/fusermount3"}},
-		Mounts: []harness.Mount{{Name: "fd", Source: pod.EmptyDirPath(emptyDirName)}},
-		Env: []string{
-			"FUSERMOUNT3PROXY_FDPASSING_SOCKPATH=" + pod.ViewPath("fd") + "/" + socketName,
-			"FUSERMOUNT3PROXY_LOG=" + proxyLog(t),
-			"RCLONE_S3_PROVIDER=Other", "RCLONE_S3_ENDPOINT=" + s3.URL(),
-			"RCLONE_S3_ACCESS_KEY_ID=AKIAFAKE", "RCLONE_S3_SECRET_ACCESS_KEY=fakesecret",
-		},
-		Args: []string{"rclone", "mount", "--config", "/dev/null", "--cache-dir", filepath.Join(home, "cache"), ":s3:" + s3.Bucket, scratchDir(t)},
-	})
+	sidecar := e.proxySidecarEnv(t, pod, v, proxyLog(t), home, []string{
+		"RCLONE_S3_PROVIDER=Other", "RCLONE_S3_ENDPOINT=" + s3.URL(),
+		"RCLONE_S3_ACCESS_KEY_ID=AKIAFAKE", "RCLONE_S3_SECRET_ACCESS_KEY=fakesecret",
+	}, "rclone", "mount", "--config", "/dev/null", "--cache-dir", filepath.Join(home, "cache"), ":s3:"+s3.Bucket, scratchDir(t))
 	took := readWrite(t, v, sidecar, put, get, true)
 	t.Logf("rclone mount via fusermount3-proxy: launch → first read %v", took)
 	if line := fuseMount(t, v.target); !strings.Contains(line, " - fuse.rclone ") {
@@ -209,17 +200,8 @@ func TestProxyGoofys(t *testing.T) {
 	put, get := s3Funcs(t, s3)
 	put("from-backend.txt", []byte("object for goofys\n"))
 	pod, v := e.podWithVolume(t, false)
-	sidecar := pod.Run(t, harness.RunOptions{
-		Name:   "goofys",
-		Binds:  []harness.Bind{{Source: e.bins.Proxy, Target: "/usr/bin/fusermount3"}},
-		Mounts: []harness.Mount{{Name: "fd", Source: pod.EmptyDirPath(emptyDirName)}},
-		Env: []string{
-			"FUSERMOUNT3PROXY_FDPASSING_SOCKPATH=" + pod.ViewPath("fd") + "/" + socketName,
-			"FUSERMOUNT3PROXY_LOG=" + proxyLog(t),
-			"AWS_ACCESS_KEY_ID=AKIAFAKE", "AWS_SECRET_ACCESS_KEY=fakesecret",
-		},
-		Args: []string{goofys, "-f", "--endpoint", s3.URL(), s3.Bucket, scratchDir(t)},
-	})
+	sidecar := e.proxySidecarEnv(t, pod, v, proxyLog(t), "", []string{"AWS_ACCESS_KEY_ID=AKIAFAKE", "AWS_SECRET_ACCESS_KEY=fakesecret"},
+		goofys, "-f", "--endpoint", s3.URL(), s3.Bucket, scratchDir(t))
 	took := readWrite(t, v, sidecar, put, get, true)
 	t.Logf("goofys via fusermount3-proxy: launch → first read %v", took)
 	e.unpublish(t, v)

@@ -17,6 +17,12 @@ import (
 // and FUSERMOUNT3PROXY_FDPASSING_SOCKPATH set as a user would set it.
 func (e *env) proxySidecar(t testing.TB, pod *harness.Pod, v *volume, logPath, home string, program ...string) *harness.Proc {
 	t.Helper()
+	return e.proxySidecarEnv(t, pod, v, logPath, home, nil, program...)
+}
+
+// proxySidecarEnv is proxySidecar with more environment for the program.
+func (e *env) proxySidecarEnv(t testing.TB, pod *harness.Pod, v *volume, logPath, home string, env []string, program ...string) *harness.Proc {
+	t.Helper()
 	binds := []harness.Bind{{Source: e.bins.Proxy, Target: "/usr/bin/fusermount3"}}
 	if st, err := os.Lstat("/usr/bin/fusermount"); err == nil && st.Mode()&os.ModeSymlink == 0 {
 		binds = append(binds, harness.Bind{Source: e.bins.Proxy, Target: "/usr/bin/fusermount"})
@@ -29,10 +35,10 @@ func (e *env) proxySidecar(t testing.TB, pod *harness.Pod, v *volume, logPath, h
 			{Name: "fd", Source: pod.EmptyDirPath(emptyDirName)},
 			{Name: "data", Source: v.target},
 		},
-		Env: []string{
+		Env: append([]string{
 			"FUSERMOUNT3PROXY_FDPASSING_SOCKPATH=" + pod.ViewPath("fd") + "/" + socketName,
 			"FUSERMOUNT3PROXY_LOG=" + logPath,
-		},
+		}, env...),
 		Args: program,
 	})
 }
