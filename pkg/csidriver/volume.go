@@ -135,12 +135,16 @@ func (v *volume) handle(conn *net.UnixConn) {
 	log = klog.LoggerWithValues(log, "client", req.Client)
 	realTarget := v.d.realTarget(v.spec.target.RelPath())
 	if req.Op == fdpassing.OpUnmount {
-		n, err := v.d.unmounter.UnmountAll(realTarget)
+		// The FUSE program is shutting down (fusermount3 -u): end its
+		// connection so it exits, but keep the mount where it is, so that a
+		// restarted FUSE container's new mount is stacked on it and reaches
+		// the app containers. NodeUnpublishVolume removes the mounts.
+		found, err := v.d.unmounter.Abort(realTarget)
 		if err != nil {
-			fail(err, "unmounting at the FUSE program's request")
+			fail(err, "ending the FUSE connection at the FUSE program's request")
 			return
 		}
-		log.Info("unmounted at the FUSE program's request (fusermount3 -u)", "target", v.spec.TargetPath, "unmounted", n)
+		log.Info("ended the FUSE connection at the FUSE program's request (fusermount3 -u)", "target", v.spec.TargetPath, "mounted", found)
 		if err := fdpassing.SendResponse(conn, &fdpassing.Response{}, -1, time.Now().Add(time.Second)); err != nil {
 			log.V(4).Info("could not tell the client", "err", err)
 		}
@@ -162,8 +166,24 @@ func (v *volume) handle(conn *net.UnixConn) {
 		return
 	}
 	if mounted {
-		fail(errors.New("a FUSE mount is already served at the target"), "refused a second FUSE server for the volume")
-		return
+		// A FUSE container that crashed and was restarted by kubelet connects
+		// again. If the old connection is dead, the new mount goes on top of
+		// the dead one instead of replacing it: the app containers have a
+		// bind of the old mount (HostToContainer makes them slaves of it), so
+		// only a mount stacked on it reaches them. Unpublish removes both.
+		health, err := fusemount.Check(realTarget, time.Second)
+		switch {
+		case err != nil:
+			fail(err, "checking the FUSE mount at the target")
+			return
+		case health == fusemount.Serving:
+			fail(errors.New("a FUSE mount is already served at the target"), "refused a second FUSE server for the volume")
+			return
+		case health == fusemount.Unresponsive:
+			fail(errors.New("the FUSE server of the mount at the target does not answer"), "refused a second FUSE server for the volume")
+			return
+		}
+		log.Info("the volume's FUSE server is gone; mounting anew over the dead mount for the reconnected FUSE process", "target", v.spec.TargetPath)
 	}
 	target, err := v.d.kubelet.OpenPathBeneath(v.spec.target.RelPath())
 	if err != nil {

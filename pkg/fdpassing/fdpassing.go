@@ -27,8 +27,9 @@ const (
 	MaxMessageSize = 8192
 	// OpMount asks for a FUSE mount at the volume's target and its fd.
 	OpMount = "mount"
-	// OpUnmount asks the driver to detach the volume's FUSE mount (what
-	// `fusermount3 -u` means to a FUSE program shutting down).
+	// OpUnmount asks the driver to end the volume's FUSE connection (what
+	// `fusermount3 -u` means to a FUSE program shutting down); the mount
+	// itself stays until NodeUnpublishVolume.
 	OpUnmount = "unmount"
 )
 

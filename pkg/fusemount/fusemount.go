@@ -10,12 +10,17 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/mountoptions"
 )
+
+// maxStacked bounds the mounts UnmountAll removes from one path: a FUSE
+// mount replaced after its server died stays under the new one.
+const maxStacked = 256
 
 // DefaultSource is the mount source when the FUSE program names none.
 const DefaultSource = "meta-fuse-csi-plugin"
@@ -73,7 +78,13 @@ func (r *Request) SourceAndType() (string, string) {
 // Mount opens /dev/fuse and mounts it on r.Target.
 func Mount(r *Request) (*Result, error) {
 	var st unix.Stat_t
-	if err := unix.Fstat(int(r.Target.Fd()), &st); err != nil {
+	err := unix.Fstat(int(r.Target.Fd()), &st)
+	if errors.Is(err, unix.ENOTCONN) || errors.Is(err, unix.ECONNABORTED) {
+		// The target is the root of a dead FUSE mount that the new one is
+		// stacked on: a FUSE root is always a directory.
+		st.Mode, err = unix.S_IFDIR|0o755, nil
+	}
+	if err != nil {
 		return nil, fmt.Errorf("stat of mount target: %w", err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
@@ -166,7 +177,7 @@ type Unmounter struct {
 // might belong to somebody else's new mount.
 func (u *Unmounter) UnmountAll(path string) (int, error) {
 	n := 0
-	for range 16 { // mounts can be stacked; bounded so a racing mounter cannot loop us
+	for range maxStacked { // mounts can be stacked; bounded so a racing mounter cannot loop us
 		ms, err := MountsAt(path)
 		if err != nil {
 			return n, fmt.Errorf("reading mount table: %w", err)
@@ -195,7 +206,7 @@ func (u *Unmounter) UnmountAll(path string) (int, error) {
 			return n, fmt.Errorf("unmounting %s: %w", path, err)
 		}
 	}
-	return n, fmt.Errorf("%s still has mounts after 16 unmounts", path)
+	return n, fmt.Errorf("%s still has mounts after %d unmounts", path, maxStacked)
 }
 
 // EnsureFusectl returns the directory where the fusectl filesystem is
@@ -214,4 +225,75 @@ func EnsureFusectl() (string, error) {
 		return "", fmt.Errorf("mounting fusectl on %s: %w", dir, err)
 	}
 	return dir, nil
+}
+
+// Health is what Check found out about a FUSE mount.
+type Health int
+
+const (
+	// Serving: the FUSE server answered.
+	Serving Health = iota
+	// Dead: the connection is gone (the server died or was aborted);
+	// every access fails with ENOTCONN.
+	Dead
+	// Unresponsive: no answer within the timeout (a stopped or busy server).
+	Unresponsive
+)
+
+func (h Health) String() string {
+	return [...]string{"serving", "dead", "unresponsive"}[h]
+}
+
+// Check asks the FUSE server behind the mount at path for a statfs, and
+// gives up waiting after timeout. A dead connection answers at once with
+// ENOTCONN without involving any server. The statfs of an unresponsive
+// server stays blocked in its goroutine until the server answers or the
+// connection is aborted (which an unpublish does).
+func Check(path string, timeout time.Duration) (Health, error) {
+	done := make(chan error, 1)
+	go func() {
+		var st unix.Statfs_t
+		done <- unix.Statfs(path, &st)
+	}()
+	select {
+	case err := <-done:
+		switch {
+		case err == nil:
+			return Serving, nil
+		case errors.Is(err, unix.ENOTCONN), errors.Is(err, unix.ECONNABORTED):
+			return Dead, nil
+		default:
+			return Serving, err
+		}
+	case <-time.After(timeout):
+		return Unresponsive, nil
+	}
+}
+
+// Abort ends the connection of the topmost FUSE mount at path and leaves the
+// (now dead) mount in place: its server's reads fail and it exits, and a
+// FUSE process that connects later gets a mount stacked on top, which the
+// app containers' binds of this one do see. It falls back to UnmountAll when
+// fusectl is not available. It reports whether there was a FUSE mount.
+func (u *Unmounter) Abort(path string) (bool, error) {
+	ms, err := MountsAt(path)
+	if err != nil {
+		return false, fmt.Errorf("reading mount table: %w", err)
+	}
+	if len(ms) == 0 || !ms[len(ms)-1].IsFUSE() {
+		return false, nil
+	}
+	if u.FusectlDir == "" {
+		_, err := u.UnmountAll(path)
+		return true, err
+	}
+	f, err := os.OpenFile(fmt.Sprintf("%s/%d/abort", u.FusectlDir, ms[len(ms)-1].Minor), os.O_WRONLY, 0)
+	if err != nil {
+		return true, fmt.Errorf("aborting the FUSE connection: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte("1")); err != nil {
+		return true, fmt.Errorf("aborting the FUSE connection: %w", err)
+	}
+	return true, nil
 }

@@ -61,12 +61,13 @@ func (p *Proxy) Run(args []string) int {
 	ctx := context.Background()
 
 	if inv.Unmount {
-		// Unmounting is the driver's: it detaches the volume's mount, and
-		// the FUSE program sees its connection end and exits cleanly.
+		// Unmounting is kubelet's (NodeUnpublishVolume): the driver ends the
+		// FUSE connection, so the program sees it end and exits cleanly, and
+		// keeps the mount for a restarted FUSE container to be stacked on.
 		if err := starter.Unmount(ctx, cfg); err != nil {
 			return log.fail("unmount of %s: %v", inv.Mountpoint, err)
 		}
-		log.printf("the driver unmounted the volume (%s)", inv.Mountpoint)
+		log.printf("the driver ended the FUSE connection of the volume (%s)", inv.Mountpoint)
 		return 0
 	}
 
@@ -117,7 +118,7 @@ Options:
  -h                print help
  -V                print version
  -o opt[,opt...]   mount options (checked by the driver's allow-list)
- -u                unmount (the driver detaches the volume's mount)
+ -u                unmount (the driver ends the volume's FUSE connection)
  -q                quiet
  -z                lazy unmount (unmounts are always lazy)
  -U, --auto-unmount  accepted; the volume is unmounted by kubelet

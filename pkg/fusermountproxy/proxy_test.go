@@ -388,7 +388,7 @@ func TestRunUnmount(t *testing.T) {
 			if req == nil || *req != want {
 				t.Errorf("the driver got %+v, want %+v", req, want)
 			}
-			if !strings.Contains(stderr, "the driver unmounted the volume (/mnt)") {
+			if !strings.Contains(stderr, "the driver ended the FUSE connection of the volume (/mnt)") {
 				t.Errorf("stderr (the log) = %q", stderr)
 			}
 		})

@@ -102,7 +102,7 @@ func Receive(ctx context.Context, cfg Config) (*os.File, *fdpassing.Response, er
 	return fd, resp, nil
 }
 
-// Unmount asks the driver to detach the volume's FUSE mount.
+// Unmount asks the driver to end the volume's FUSE connection (fusermount3 -u).
 func Unmount(ctx context.Context, cfg Config) error {
 	conn, done, err := request(ctx, cfg, fdpassing.OpUnmount)
 	if err != nil {

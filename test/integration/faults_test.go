@@ -12,6 +12,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/pfnet-research/meta-fuse-csi-plugin/test/harness"
 )
 
 // A FUSE server killed with SIGKILL leaves a dead (ENOTCONN) mount;
@@ -169,4 +171,44 @@ func TestEmptyDirNotYetThere(t *testing.T) {
 		t.Fatalf("retry: %v", err)
 	}
 	e.unpublish(t, &volume{pod: pod, name: "vol", req: req, target: req.TargetPath})
+}
+
+// A crashed FUSE sidecar that kubelet restarts connects again: the driver
+// sees the old connection is dead, replaces the mount, and an app container
+// that was running all along (HostToContainer) reads through the new one.
+func TestSidecarCrashRecovery(t *testing.T) {
+	e := setup(t)
+	pod, v := e.podWithVolume(t, false)
+	backing := backingDir(t)
+	first := e.starter(t, pod, e.bins.Loopback, "/dev/fd/3", backing)
+	waitServed(t, v.target, "hello.txt", first)
+
+	// The app waits for a file that appears only after the recovery.
+	appProc := pod.Run(t, harness.RunOptions{
+		Name: "app", UID: 1000, GID: 1000,
+		Mounts: []harness.Mount{{Name: "data", Source: v.target}},
+		Env:    []string{"DATA=" + pod.ViewPath("data")},
+		Args:   []string{"/bin/sh", "-c", `cat "$DATA/hello.txt" >/dev/null && until cat "$DATA/after-crash.txt" 2>/dev/null; do sleep 0.02; done`},
+	})
+
+	if err := first.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.ReadFile(filepath.Join(v.target, "hello.txt")); !errors.Is(err, syscall.ENOTCONN) && !errors.Is(err, syscall.ECONNABORTED) {
+		t.Fatalf("read after the crash: %v, want ENOTCONN", err)
+	}
+	os.WriteFile(filepath.Join(backing, "after-crash.txt"), []byte("served again\n"), 0o644)
+
+	start := time.Now()
+	second := e.starter(t, pod, e.bins.Loopback, "/dev/fd/3", backing)
+	waitServed(t, v.target, "after-crash.txt", second)
+	t.Logf("restarted sidecar → volume served again: %v", time.Since(start))
+	if code, err := appProc.Wait(waitLimit); err != nil || code != 0 || appProc.Output() != "served again\n" {
+		t.Fatalf("the running app did not read through the new mount: code %d, %v, %q", code, err, appProc.Output())
+	}
+	if !strings.Contains(e.d.Logs(), "mounting anew over the dead mount") {
+		t.Errorf("driver log does not show the replacement")
+	}
+	e.unpublish(t, v)
+	requireNothingMounted(t, e.k)
 }
