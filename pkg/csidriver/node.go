@@ -109,6 +109,12 @@ func (d *Driver) publish(spec *publishSpec, log klog.Logger) error {
 	d.volumes[spec.TargetPath] = v
 	d.mu.Unlock()
 	go v.serve()
+	// A volume served before a driver restart is watched again.
+	if top, err := fusemount.TopMount(d.realTarget(spec.target.RelPath())); err == nil && top != nil && top.IsFUSE() {
+		v.mountMu.Lock()
+		v.startWatchLocked()
+		v.mountMu.Unlock()
+	}
 	log.Info("published volume; waiting for the FUSE process to connect", "target", spec.TargetPath,
 		"emptyDir", spec.EmptyDirName, "socket", spec.SocketName, "readOnly", spec.ReadOnly,
 		"socketOwner", fmt.Sprintf("%d:%d", dirStat.Uid, dirStat.Gid), "socketMode", fmt.Sprintf("%o", socketMode(dirStat.Mode)))

@@ -32,7 +32,16 @@ type volume struct {
 	mu      sync.Mutex
 	closing bool
 	conn    *net.UnixConn // the connection being handled
+
+	// mountMu serializes what changes the mounts at the target: a handover
+	// and the watcher's placeholder. stopped (under mountMu) ends the watcher.
+	mountMu  sync.Mutex
+	stopped  bool
+	watching bool
 }
+
+// watchInterval is how often a served volume's FUSE connection is checked.
+const watchInterval = 2 * time.Second
 
 func volumeLogger(spec *publishSpec) klog.Logger {
 	return klog.LoggerWithValues(klog.Background(),
@@ -98,6 +107,9 @@ func (v *volume) serve() {
 // stop closes the socket and any connection in progress and waits for the
 // serve loop to end; after it returns no new mount can appear.
 func (v *volume) stop() {
+	v.mountMu.Lock()
+	v.stopped = true
+	v.mountMu.Unlock()
 	v.mu.Lock()
 	v.closing = true
 	if v.conn != nil {
@@ -160,17 +172,20 @@ func (v *volume) handle(conn *net.UnixConn) {
 		opts = opts.Merge(extra)
 	}
 
-	mounted, err := fusemount.IsFUSEMounted(realTarget)
+	v.mountMu.Lock()
+	defer v.mountMu.Unlock()
+	top, err := fusemount.TopMount(realTarget)
 	if err != nil {
 		fail(err, "reading the mount table")
 		return
 	}
-	if mounted {
+	switch {
+	case top != nil && top.IsFUSE():
 		// A FUSE container that crashed and was restarted by kubelet connects
 		// again. If the old connection is dead, the new mount goes on top of
 		// the dead one instead of replacing it: the app containers have a
 		// bind of the old mount (HostToContainer makes them slaves of it), so
-		// only a mount stacked on it reaches them. Unpublish removes both.
+		// only a mount stacked on it reaches them. Unpublish removes all.
 		health, err := fusemount.Check(realTarget, time.Second)
 		switch {
 		case err != nil:
@@ -184,6 +199,8 @@ func (v *volume) handle(conn *net.UnixConn) {
 			return
 		}
 		log.Info("the volume's FUSE server is gone; mounting anew over the dead mount for the reconnected FUSE process", "target", v.spec.TargetPath)
+	case top != nil:
+		log.Info("mounting anew over the placeholder of a dead FUSE mount for the reconnected FUSE process", "target", v.spec.TargetPath)
 	}
 	target, err := v.d.kubelet.OpenPathBeneath(v.spec.target.RelPath())
 	if err != nil {
@@ -214,6 +231,63 @@ func (v *volume) handle(conn *net.UnixConn) {
 	}
 	log.Info("mounted and handed over FUSE fd", "target", v.spec.TargetPath, "mountData", res.Data,
 		"mountDuration", mountedAt.Sub(start), "handoverDuration", time.Since(start))
+	v.startWatchLocked()
+}
+
+// startWatchLocked starts the watcher unless it runs; the caller holds mountMu.
+func (v *volume) startWatchLocked() {
+	if v.watching || v.stopped {
+		return
+	}
+	v.watching = true
+	go v.watch()
+}
+
+// watch checks the served FUSE connection every watchInterval; when it is
+// dead (the FUSE container crashed or exited) it covers it with a
+// placeholder, so that kubelet can create the restarted FUSE container,
+// whose new mount is then stacked on top. It ends with the volume, or once
+// the top mount is no longer a FUSE mount.
+func (v *volume) watch() {
+	realTarget := v.d.realTarget(v.spec.target.RelPath())
+	for {
+		time.Sleep(watchInterval)
+		v.mountMu.Lock()
+		if v.stopped {
+			v.watching = false
+			v.mountMu.Unlock()
+			return
+		}
+		v.mountMu.Unlock()
+		// Not under mountMu: a stopped server may keep this waiting.
+		health, err := fusemount.Check(realTarget, 5*time.Second)
+		if err != nil || health != fusemount.Dead {
+			continue
+		}
+		v.mountMu.Lock()
+		top, err := fusemount.TopMount(realTarget)
+		if v.stopped || err != nil || top == nil || !top.IsFUSE() {
+			v.watching = false
+			v.mountMu.Unlock()
+			return
+		}
+		if h, _ := fusemount.Check(realTarget, time.Second); h == fusemount.Dead {
+			target, err := v.d.kubelet.OpenPathBeneath(v.spec.target.RelPath())
+			if err == nil {
+				err = fusemount.MountPlaceholder(target)
+				target.Close()
+			}
+			if err != nil {
+				v.log.Error(err, "covering the dead FUSE mount")
+			} else {
+				v.log.Info("the volume's FUSE server is gone; covered its mount with a placeholder until the FUSE container reconnects", "target", v.spec.TargetPath)
+			}
+			v.watching = false
+			v.mountMu.Unlock()
+			return
+		}
+		v.mountMu.Unlock()
+	}
 }
 
 func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {

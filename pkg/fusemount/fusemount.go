@@ -122,7 +122,10 @@ func (m MountEntry) IsFUSE() bool {
 // MountsAt lists the mounts whose mountpoint is exactly path, bottom first.
 // path must be as the kernel shows it (no symlinks).
 func MountsAt(path string) ([]MountEntry, error) {
-	infos, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(path))
+	// Not SingleEntryFilter: it stops at the first (bottom) mount.
+	infos, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) {
+		return i.Mountpoint != path, false
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -296,4 +299,30 @@ func (u *Unmounter) Abort(path string) (bool, error) {
 		return true, fmt.Errorf("aborting the FUSE connection: %w", err)
 	}
 	return true, nil
+}
+
+// PlaceholderSource names the placeholder mounts in the mount table.
+const PlaceholderSource = "meta-fuse-csi-plugin-placeholder"
+
+// MountPlaceholder covers a dead FUSE mount with an empty read-only tmpfs.
+// Anything that stats the volume (a container runtime creating the restarted
+// FUSE container, which mounts the volume too) then succeeds instead of
+// failing with ENOTCONN, and the next FUSE mount is stacked on it, which the
+// containers' binds of the volume see.
+func MountPlaceholder(target *os.File) error {
+	err := unix.Mount(PlaceholderSource, "/proc/self/fd/"+strconv.Itoa(int(target.Fd())), "tmpfs",
+		unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=4k,mode=755")
+	if err != nil {
+		return fmt.Errorf("mounting the placeholder: %w", err)
+	}
+	return nil
+}
+
+// TopMount returns the topmost mount at path, or nil.
+func TopMount(path string) (*MountEntry, error) {
+	ms, err := MountsAt(path)
+	if err != nil || len(ms) == 0 {
+		return nil, err
+	}
+	return &ms[len(ms)-1], nil
 }

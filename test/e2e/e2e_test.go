@@ -242,3 +242,35 @@ func TestDriverRestartKeepsVolumesServed(t *testing.T) {
 	mustKubectl(t, "delete", "pod", name, "--wait=true", "--timeout=90s")
 	waitFor(t, time.Minute, "the pod's FUSE mount to go", func() bool { return len(fuseMountsOfPod(t, uid)) == 0 })
 }
+
+// The FUSE sidecar's process dies; kubelet restarts the container, the
+// driver stacks a new mount on the dead one, and the app container, which
+// keeps running, reads through it again.
+func TestSidecarCrashRecovery(t *testing.T) {
+	deployDriver(t)
+	root := repoRoot(t)
+	name := "mfcp-example-proxy-s3fs"
+	manifest := filepath.Join(root, "examples", "proxy", "s3fs", "deploy.yaml")
+	mustKubectl(t, "apply", "-f", manifest)
+	t.Cleanup(func() { kubectl(t, 2*time.Minute, "delete", "-f", manifest, "--wait=true", "--timeout=90s") })
+	if out, err := kubectl(t, 4*time.Minute, "wait", "--for=condition=Ready", "pod/"+name, "--timeout=180s"); err != nil {
+		t.Fatalf("pod not Ready: %v\n%s\n%s", err, out, describe(t, name))
+	}
+	// SIGTERM to the FUSE program (PID 1 of the sidecar container).
+	mustKubectl(t, "exec", name, "-c", "starter", "--", "kill", "1")
+	start := time.Now()
+	restarts := func(c string) string {
+		return mustKubectl(t, "get", "pod", name, "-o", `jsonpath={.status.initContainerStatuses[?(@.name=="`+c+`")].restartCount}{.status.containerStatuses[?(@.name=="`+c+`")].restartCount}`)
+	}
+	waitFor(t, 2*time.Minute, "the sidecar to restart and the app to read again", func() bool {
+		if restarts("starter") == "0" {
+			return false
+		}
+		got, err := kubectl(t, 30*time.Second, "exec", name, "-c", "busybox", "--", "cat", "/data/test.txt")
+		return err == nil && got == seeded
+	})
+	t.Logf("sidecar killed → app reads again after %v (app container restarts: %s)", time.Since(start).Round(10*time.Millisecond), restarts("busybox"))
+	if r := restarts("busybox"); r != "0" {
+		t.Fatalf("the app container was restarted (%s)", r)
+	}
+}

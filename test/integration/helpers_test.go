@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -191,4 +192,31 @@ func requireNothingMounted(t testing.TB, k *harness.Kubelet) {
 func exists(p string) bool {
 	_, err := os.Lstat(p)
 	return !errors.Is(err, os.ErrNotExist)
+}
+
+// requireNotServed checks that reading through the target fails: ENOTCONN
+// from the dead FUSE mount, or ENOENT once the driver covered it with its
+// empty placeholder.
+func requireNotServed(t testing.TB, path string) {
+	t.Helper()
+	_, err := os.ReadFile(path)
+	if !errors.Is(err, syscall.ENOTCONN) && !errors.Is(err, syscall.ECONNABORTED) && !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("read %s: %v, want ENOTCONN (dead mount) or ENOENT (placeholder)", path, err)
+	}
+}
+
+// fuseTop returns the mountinfo line of the topmost mount at target, or "".
+func fuseTop(t testing.TB, target string) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := ""
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == target {
+			top = l
+		}
+	}
+	return top
 }
