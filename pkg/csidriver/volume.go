@@ -250,6 +250,9 @@ func (v *volume) startWatchLocked() {
 // the top mount is no longer a FUSE mount.
 func (v *volume) watch() {
 	realTarget := v.d.realTarget(v.spec.target.RelPath())
+	// A statfs blocked by a stopped server is waited for, never repeated:
+	// one blocked goroutine per volume at most.
+	var pending <-chan error
 	for {
 		time.Sleep(watchInterval)
 		v.mountMu.Lock()
@@ -259,9 +262,20 @@ func (v *volume) watch() {
 			return
 		}
 		v.mountMu.Unlock()
-		// Not under mountMu: a stopped server may keep this waiting.
-		health, err := fusemount.Check(realTarget, 5*time.Second)
-		if err != nil || health != fusemount.Dead {
+		if pending == nil {
+			pending = fusemount.StatfsAsync(realTarget)
+		}
+		var health fusemount.Health
+		select {
+		case err := <-pending:
+			pending = nil
+			if health, err = fusemount.Classify(err); err != nil {
+				continue
+			}
+		case <-time.After(5 * time.Second):
+			continue
+		}
+		if health != fusemount.Dead {
 			continue
 		}
 		v.mountMu.Lock()
@@ -271,6 +285,7 @@ func (v *volume) watch() {
 			v.mountMu.Unlock()
 			return
 		}
+		// Checked again under mountMu: a reconnect may have stacked a new mount.
 		if h, _ := fusemount.Check(realTarget, time.Second); h == fusemount.Dead {
 			target, err := v.d.kubelet.OpenPathBeneath(v.spec.target.RelPath())
 			if err == nil {

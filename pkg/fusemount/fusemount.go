@@ -253,23 +253,35 @@ func (h Health) String() string {
 // server stays blocked in its goroutine until the server answers or the
 // connection is aborted (which an unpublish does).
 func Check(path string, timeout time.Duration) (Health, error) {
+	select {
+	case err := <-StatfsAsync(path):
+		return Classify(err)
+	case <-time.After(timeout):
+		return Unresponsive, nil
+	}
+}
+
+// StatfsAsync runs statfs(path) in a goroutine and delivers its error, so a
+// caller that must not block can wait for it, or keep the channel and not
+// start another while a stopped server holds the first.
+func StatfsAsync(path string) <-chan error {
 	done := make(chan error, 1)
 	go func() {
 		var st unix.Statfs_t
 		done <- unix.Statfs(path, &st)
 	}()
-	select {
-	case err := <-done:
-		switch {
-		case err == nil:
-			return Serving, nil
-		case errors.Is(err, unix.ENOTCONN), errors.Is(err, unix.ECONNABORTED):
-			return Dead, nil
-		default:
-			return Serving, err
-		}
-	case <-time.After(timeout):
-		return Unresponsive, nil
+	return done
+}
+
+// Classify turns the result of a statfs of a FUSE mount into its health.
+func Classify(err error) (Health, error) {
+	switch {
+	case err == nil:
+		return Serving, nil
+	case errors.Is(err, unix.ENOTCONN), errors.Is(err, unix.ECONNABORTED):
+		return Dead, nil
+	default:
+		return Serving, err
 	}
 }
 

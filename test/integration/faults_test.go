@@ -193,8 +193,13 @@ func sidecarCrashRecovery(t *testing.T, placeholder bool) {
 		Name: "app", UID: 1000, GID: 1000,
 		Mounts: []harness.Mount{{Name: "data", Source: v.target}},
 		Env:    []string{"DATA=" + pod.ViewPath("data")},
-		Args:   []string{"/bin/sh", "-c", `cat "$DATA/hello.txt" >/dev/null && until cat "$DATA/after-crash.txt" 2>/dev/null; do sleep 0.02; done`},
+		Args:   []string{"/bin/sh", "-c", `cat "$DATA/hello.txt" >/dev/null && echo ready && until cat "$DATA/after-crash.txt" 2>/dev/null; do sleep 0.02; done`},
 	})
+	for start := time.Now(); !strings.Contains(appProc.Output(), "ready"); time.Sleep(5 * time.Millisecond) {
+		if appProc.Exited() || time.Since(start) > waitLimit {
+			t.Fatalf("the app did not read before the crash: %q", appProc.Output())
+		}
+	}
 
 	if err := first.Kill(); err != nil {
 		t.Fatal(err)
@@ -218,7 +223,7 @@ func sidecarCrashRecovery(t *testing.T, placeholder bool) {
 	second := e.starter(t, pod, e.bins.Loopback, "/dev/fd/3", backing)
 	waitServed(t, v.target, "after-crash.txt", second)
 	t.Logf("restarted sidecar → volume served again: %v", time.Since(start))
-	if code, err := appProc.Wait(waitLimit); err != nil || code != 0 || appProc.Output() != "served again\n" {
+	if code, err := appProc.Wait(waitLimit); err != nil || code != 0 || appProc.Output() != "ready\nserved again\n" {
 		t.Fatalf("the running app did not read through the new mount: code %d, %v, %q", code, err, appProc.Output())
 	}
 	if !strings.Contains(e.d.Logs(), "mounting anew over the") {
