@@ -232,6 +232,11 @@ func run(t *testing.T, e runEnv, args ...string) (int, string) {
 	p := &Proxy{Lookup: lookup, Getenv: envFunc(e.env), Stdout: stderr, Stderr: stderr, Version: "test"}
 	before, beforeList := countFDs(t), listFDs()
 	code := p.Run(args)
+	// The fake driver's goroutine closes its end of the connection after
+	// answering, possibly just after Run returned: give it a moment.
+	for start := time.Now(); countFDs(t) != before && time.Since(start) < 2*time.Second; {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if after := countFDs(t); after != before {
 		t.Errorf("Run(%q) changed the number of open fds from %d to %d\nbefore: %s\nafter:  %s", args, before, after, beforeList, listFDs())
 	}
