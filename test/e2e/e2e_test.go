@@ -185,19 +185,11 @@ func describe(t *testing.T, name string) string {
 
 func TestExamples(t *testing.T) {
 	deployDriver(t)
-	root := repoRoot(t)
 	for _, ex := range examples {
 		name := ex.pod
 		t.Run(strings.TrimPrefix(name, "mfcp-example-"), func(t *testing.T) {
-			manifest := filepath.Join(root, "examples", ex.manifest)
 			start := time.Now()
-			mustKubectl(t, "apply", "-f", manifest)
-			t.Cleanup(func() {
-				kubectl(t, 2*time.Minute, "delete", "-f", manifest, "--wait=true", "--timeout=90s")
-			})
-			if out, err := kubectl(t, 4*time.Minute, "wait", "--for=condition=Ready", "pod/"+name, "--timeout=180s"); err != nil {
-				t.Fatalf("pod not Ready: %v\n%s\n%s", err, out, describe(t, name))
-			}
+			applyExample(t, name, ex.manifest)
 			t.Logf("%s: kubectl apply → Ready in %v", name, time.Since(start).Round(10*time.Millisecond))
 
 			// The app container (non-root) reads the backend's file at /data and at a subPath.
@@ -211,12 +203,7 @@ func TestExamples(t *testing.T) {
 				t.Errorf("the app container runs as root")
 			}
 
-			uid := podUID(t, name)
-			if len(fuseMountsOfPod(t, uid)) == 0 {
-				t.Fatalf("no FUSE mount of the pod on the node")
-			}
-			mustKubectl(t, "delete", "pod", name, "--wait=true", "--timeout=90s")
-			waitFor(t, time.Minute, "the pod's FUSE mount to go", func() bool { return len(fuseMountsOfPod(t, uid)) == 0 })
+			deleteAndCheckUnmounted(t, name)
 		})
 	}
 }
@@ -225,22 +212,14 @@ func TestExamples(t *testing.T) {
 // served, and the new driver pod unpublishes them later.
 func TestDriverRestartKeepsVolumesServed(t *testing.T) {
 	deployDriver(t)
-	root := repoRoot(t)
 	name := "mfcp-example-proxy-s3fs"
-	manifest := filepath.Join(root, "examples", "proxy", "s3fs", "deploy.yaml")
-	mustKubectl(t, "apply", "-f", manifest)
-	t.Cleanup(func() { kubectl(t, 2*time.Minute, "delete", "-f", manifest, "--wait=true", "--timeout=90s") })
-	if out, err := kubectl(t, 4*time.Minute, "wait", "--for=condition=Ready", "pod/"+name, "--timeout=180s"); err != nil {
-		t.Fatalf("pod not Ready: %v\n%s\n%s", err, out, describe(t, name))
-	}
+	applyExample(t, name, "proxy/s3fs/deploy.yaml")
 	mustKubectl(t, "-n", driverNS, "delete", "pod", "-l", "app.kubernetes.io/name=meta-fuse-csi-plugin", "--wait=true")
 	mustKubectl(t, "-n", driverNS, "rollout", "status", "ds/meta-fuse-csi-plugin", "--timeout=180s")
 	if got := mustKubectl(t, "exec", name, "-c", "busybox", "--", "cat", "/data/test.txt"); got != seeded {
 		t.Fatalf("after the driver restart: %q", got)
 	}
-	uid := podUID(t, name)
-	mustKubectl(t, "delete", "pod", name, "--wait=true", "--timeout=90s")
-	waitFor(t, time.Minute, "the pod's FUSE mount to go", func() bool { return len(fuseMountsOfPod(t, uid)) == 0 })
+	deleteAndCheckUnmounted(t, name)
 }
 
 // The FUSE sidecar's process dies; kubelet restarts the container, the
@@ -248,14 +227,8 @@ func TestDriverRestartKeepsVolumesServed(t *testing.T) {
 // keeps running, reads through it again.
 func TestSidecarCrashRecovery(t *testing.T) {
 	deployDriver(t)
-	root := repoRoot(t)
 	name := "mfcp-example-proxy-s3fs"
-	manifest := filepath.Join(root, "examples", "proxy", "s3fs", "deploy.yaml")
-	mustKubectl(t, "apply", "-f", manifest)
-	t.Cleanup(func() { kubectl(t, 2*time.Minute, "delete", "-f", manifest, "--wait=true", "--timeout=90s") })
-	if out, err := kubectl(t, 4*time.Minute, "wait", "--for=condition=Ready", "pod/"+name, "--timeout=180s"); err != nil {
-		t.Fatalf("pod not Ready: %v\n%s\n%s", err, out, describe(t, name))
-	}
+	applyExample(t, name, "proxy/s3fs/deploy.yaml")
 	// SIGTERM to the FUSE program (PID 1 of the sidecar container).
 	mustKubectl(t, "exec", name, "-c", "starter", "--", "kill", "1")
 	start := time.Now()
@@ -273,4 +246,28 @@ func TestSidecarCrashRecovery(t *testing.T) {
 	if r := restarts("busybox"); r != "0" {
 		t.Fatalf("the app container was restarted (%s)", r)
 	}
+}
+
+// applyExample applies examples/<manifest>, deletes it when the test ends,
+// and waits until the pod name is Ready.
+func applyExample(t *testing.T, name, manifest string) {
+	t.Helper()
+	path := filepath.Join(repoRoot(t), "examples", manifest)
+	mustKubectl(t, "apply", "-f", path)
+	t.Cleanup(func() { kubectl(t, 2*time.Minute, "delete", "-f", path, "--wait=true", "--timeout=90s") })
+	if out, err := kubectl(t, 4*time.Minute, "wait", "--for=condition=Ready", "pod/"+name, "--timeout=180s"); err != nil {
+		t.Fatalf("pod not Ready: %v\n%s\n%s", err, out, describe(t, name))
+	}
+}
+
+// deleteAndCheckUnmounted deletes the pod and checks that its FUSE mounts
+// leave the node (kubelet's NodeUnpublishVolume).
+func deleteAndCheckUnmounted(t *testing.T, name string) {
+	t.Helper()
+	uid := podUID(t, name)
+	if len(fuseMountsOfPod(t, uid)) == 0 {
+		t.Fatalf("no FUSE mount of the pod on the node")
+	}
+	mustKubectl(t, "delete", "pod", name, "--wait=true", "--timeout=90s")
+	waitFor(t, time.Minute, "the pod's FUSE mount to go", func() bool { return len(fuseMountsOfPod(t, uid)) == 0 })
 }

@@ -146,37 +146,32 @@ func TestProxyRclone(t *testing.T) {
 	requireNothingMounted(t, e.k)
 }
 
-// gcsfuse (jacobsa/fuse) takes /dev/fd/3 directly: fuse-starter mode.
-func TestStarterGcsfuse(t *testing.T) {
-	gcsfuse := needProgram(t, "gcsfuse")
-	e := setup(t)
-	gcs := harness.StartFakeGCS(t, needProgram(t, "fake-gcs-server"))
-	put, get := gcsFuncs(t, gcs)
-	put("from-backend.txt", []byte("object in the GCS emulator\n"))
-	pod, v := e.podWithVolume(t, false)
-	sidecar := e.starter(t, pod, append([]string{gcsfuse}, gcsfuseArgs(gcs, "/dev/fd/3")...)...)
-	took := readWrite(t, v, sidecar, put, get, true)
-	t.Logf("gcsfuse via fuse-starter: launch → first read %v", took)
-	e.unpublish(t, v)
-	requireNothingMounted(t, e.k)
-}
-
-// gcsfuse through fusermount3-proxy (it runs /usr/bin/fusermount3 by path).
-func TestProxyGcsfuse(t *testing.T) {
-	gcsfuse := needProgram(t, "gcsfuse")
-	e := setup(t)
-	gcs := harness.StartFakeGCS(t, needProgram(t, "fake-gcs-server"))
-	put, get := gcsFuncs(t, gcs)
-	put("from-backend.txt", []byte("object in the GCS emulator\n"))
-	pod, v := e.podWithVolume(t, false)
-	sidecar := e.proxySidecar(t, pod, v, proxyLog(t), "", append([]string{gcsfuse}, gcsfuseArgs(gcs, scratchDir(t))...)...)
-	took := readWrite(t, v, sidecar, put, get, true)
-	t.Logf("gcsfuse via fusermount3-proxy: launch → first read %v", took)
-	if line := fuseMount(t, v.target); !strings.Contains(line, " - fuse.gcsfuse ") {
-		t.Errorf("mount entry: %s", line)
+// gcsfuse (jacobsa/fuse) takes /dev/fd/3 directly (fuse-starter), and runs
+// /usr/bin/fusermount3 by path (fusermount3-proxy).
+func TestGcsfuse(t *testing.T) {
+	for _, mode := range []string{"starter", "proxy"} {
+		t.Run(mode, func(t *testing.T) {
+			gcsfuse := needProgram(t, "gcsfuse")
+			e := setup(t)
+			gcs := harness.StartFakeGCS(t, needProgram(t, "fake-gcs-server"))
+			put, get := gcsFuncs(t, gcs)
+			put("from-backend.txt", []byte("object in the GCS emulator\n"))
+			pod, v := e.podWithVolume(t, false)
+			var sidecar *harness.Proc
+			if mode == "starter" {
+				sidecar = e.starter(t, pod, append([]string{gcsfuse}, gcsfuseArgs(gcs, "/dev/fd/3")...)...)
+			} else {
+				sidecar = e.proxySidecar(t, pod, v, proxyLog(t), "", append([]string{gcsfuse}, gcsfuseArgs(gcs, scratchDir(t))...)...)
+			}
+			took := readWrite(t, v, sidecar, put, get, true)
+			t.Logf("gcsfuse via %s: launch → first read %v", mode, took)
+			if line := fuseMount(t, v.target); mode == "proxy" && !strings.Contains(line, " - fuse.gcsfuse ") {
+				t.Errorf("mount entry: %s", line)
+			}
+			e.unpublish(t, v)
+			requireNothingMounted(t, e.k)
+		})
 	}
-	e.unpublish(t, v)
-	requireNothingMounted(t, e.k)
 }
 
 func gcsfuseArgs(gcs *harness.FakeGCS, mountpoint string) []string {
