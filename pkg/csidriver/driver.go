@@ -23,6 +23,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/fusemount"
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/metrics"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/safefs"
 )
 
@@ -40,6 +41,11 @@ type Config struct {
 	// HandshakeTimeout bounds how long a pod-side client may take to send
 	// its request once connected.
 	HandshakeTimeout time.Duration
+	// PendingTimeout bounds how long a published volume waits for its FUSE
+	// process to connect for the first time; 0 waits forever.
+	PendingTimeout time.Duration
+	// EnableMetrics makes the driver record Prometheus metrics (Metrics).
+	EnableMetrics bool
 }
 
 // DefaultStateDir is the state directory for a kubelet directory.
@@ -53,6 +59,7 @@ type Driver struct {
 	csi.UnimplementedNodeServer
 
 	cfg Config
+	m   *metrics.Metrics
 	// kubeletReal is KubeletDir with symlinks resolved: the mount table
 	// shows real paths.
 	kubeletReal string
@@ -93,12 +100,41 @@ func New(cfg Config) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{cfg: cfg, kubeletReal: real, kubelet: kd, state: st, volumes: map[string]*volume{}}
+	if cfg.EnableMetrics {
+		d.m = metrics.New(d.VolumeCounts)
+	}
 	if dir, err := fusemount.EnsureFusectl(); err != nil {
 		klog.ErrorS(err, "fusectl is not available: unpublishing a volume whose FUSE server is stopped will detach the mount, but processes blocked on it stay blocked until the server resumes or dies")
 	} else {
 		d.unmounter.FusectlDir = dir
 	}
 	return d, nil
+}
+
+// Metrics is the driver's metrics, nil unless Config.EnableMetrics.
+func (d *Driver) Metrics() *metrics.Metrics { return d.m }
+
+// VolumeCounts counts the published, pending and mounted volumes (for the
+// metrics' gauges).
+func (d *Driver) VolumeCounts() metrics.VolumeCounts {
+	d.mu.Lock()
+	vols := make([]*volume, 0, len(d.volumes))
+	for _, v := range d.volumes {
+		vols = append(vols, v)
+	}
+	d.mu.Unlock()
+	c := metrics.VolumeCounts{Published: len(vols)}
+	for _, v := range vols {
+		v.mu.Lock()
+		if v.mounted {
+			c.Mounted++
+		}
+		if v.ln != nil && !v.connected && v.failure == nil {
+			c.Pending++
+		}
+		v.mu.Unlock()
+	}
+	return c
 }
 
 // realTarget is the target path as the mount table shows it.

@@ -12,8 +12,10 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/faultinject"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/fusemount"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/kubeletpath"
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/metrics"
 )
 
 // NodeGetInfo names the node.
@@ -29,7 +31,8 @@ func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 // NodePublishVolume validates the request, creates the target directory and
 // a socket in the pod's emptyDir, and returns; the mount is made when the
 // pod's FUSE process connects.
-func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (resp *csi.NodePublishVolumeResponse, err error) {
+	defer func(start time.Time) { d.m.Publish(status.Code(err).String(), time.Since(start)) }(time.Now())
 	spec, err := parsePublish(d.cfg.KubeletDir, req)
 	if err != nil {
 		return nil, err
@@ -49,15 +52,41 @@ func (d *Driver) publish(spec *publishSpec, log klog.Logger) error {
 	d.mu.Lock()
 	v := d.volumes[spec.TargetPath]
 	d.mu.Unlock()
+	var pendingFailure error
 	if v != nil {
 		if !v.spec.sameVolume(spec) {
 			return status.Errorf(codes.AlreadyExists, "target %s is already published with different attributes (emptyDir, socket name, mount options or readOnly); unpublish it first", spec.TargetPath)
 		}
-		if v.ln != nil {
+		v.mu.Lock()
+		pendingFailure = v.failure
+		v.mu.Unlock()
+		if pendingFailure == nil {
 			log.V(4).Info("volume already published", "target", spec.TargetPath)
 			return nil
 		}
+		// The pending timeout closed its socket: report why (this is how
+		// the reason reaches the pod's events), and make the socket again
+		// for a FUSE process that starts late.
+		v.stop()
+		v.emptyDir.Close()
+		d.mu.Lock()
+		delete(d.volumes, spec.TargetPath)
+		d.mu.Unlock()
 	}
+	if err := d.listen(spec, log); err != nil {
+		return err
+	}
+	if pendingFailure != nil {
+		// Not a final code: kubelet must keep the target (the app containers
+		// already bind it) and retry.
+		return status.Errorf(codes.DeadlineExceeded, "%v; the socket has been made again", pendingFailure)
+	}
+	return nil
+}
+
+// listen checks the pod's emptyDir, creates the target and the socket,
+// records the volume and starts serving it.
+func (d *Driver) listen(spec *publishSpec, log klog.Logger) error {
 
 	// Everything a pod controls is checked before anything on the host changes.
 	emptyDir, err := d.kubelet.OpenDir(kubeletpath.EmptyDirRel(spec.PodUID, spec.EmptyDirName))
@@ -86,6 +115,7 @@ func (d *Driver) publish(spec *publishSpec, log klog.Logger) error {
 	if err := d.makeTarget(spec.target); err != nil {
 		return err
 	}
+	faultinject.Point("after-target")
 	// A socket left at the name is a stale one of ours (a restart) or one the
 	// pod made; either way it is replaced.
 	if err := emptyDir.RemoveSocket(spec.SocketName); err != nil {
@@ -98,22 +128,29 @@ func (d *Driver) publish(spec *publishSpec, log klog.Logger) error {
 		}
 		return status.Errorf(codes.Internal, "creating the fd-passing socket: %v", err)
 	}
+	faultinject.Point("after-listen")
 	if err := d.state.Save(spec); err != nil {
 		ln.Close()
 		emptyDir.RemoveSocket(spec.SocketName)
 		return status.Errorf(codes.Internal, "%v", err)
 	}
-	v = &volume{d: d, spec: spec, log: log, emptyDir: emptyDir, ln: ln, done: make(chan struct{})}
+	v := &volume{d: d, spec: spec, log: log, emptyDir: emptyDir, ln: ln, done: make(chan struct{})}
 	keep = true
 	d.mu.Lock()
 	d.volumes[spec.TargetPath] = v
 	d.mu.Unlock()
 	go v.serve()
-	// A volume served before a driver restart is watched again.
+	// A volume served before a driver restart is watched again (and has
+	// had its FUSE process); others wait for theirs, for a bounded time.
 	if top, err := fusemount.TopMount(d.realTarget(spec.target.RelPath())); err == nil && top != nil && top.IsFUSE() {
+		v.mu.Lock()
+		v.connected, v.mounted = true, true
+		v.mu.Unlock()
 		v.mountMu.Lock()
 		v.startWatchLocked()
 		v.mountMu.Unlock()
+	} else {
+		v.startPendingTimer()
 	}
 	log.Info("published volume; waiting for the FUSE process to connect", "target", spec.TargetPath,
 		"emptyDir", spec.EmptyDirName, "socket", spec.SocketName, "readOnly", spec.ReadOnly,
@@ -186,7 +223,8 @@ func (d *Driver) makeTarget(t kubeletpath.Target) error {
 // target and aborts its FUSE connection (so a dead or stopped FUSE server
 // cannot hold it up), and removes the then empty target directory. It never
 // deletes files.
-func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (resp *csi.NodeUnpublishVolumeResponse, err error) {
+	defer func(start time.Time) { d.m.Unpublish(status.Code(err).String(), time.Since(start)) }(time.Now())
 	t, err := parseUnpublish(d.cfg.KubeletDir, req)
 	if err != nil {
 		return nil, err
@@ -210,7 +248,8 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		}
 	}
 
-	n, err := d.unmounter.UnmountAll(d.realTarget(t.RelPath()))
+	n, nfuse, err := d.unmounter.UnmountAllCounted(d.realTarget(t.RelPath()))
+	d.m.Aborted(metrics.CauseUnpublish, nfuse)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", req.GetTargetPath(), err)
 	}

@@ -10,8 +10,10 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/faultinject"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/fdpassing"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/fusemount"
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/metrics"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/mountoptions"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/safefs"
 )
@@ -32,6 +34,16 @@ type volume struct {
 	mu      sync.Mutex
 	closing bool
 	conn    *net.UnixConn // the connection being handled
+	// connected: a FUSE process got a mount since the volume was published
+	// (or one was found served at a driver restart); only before that does
+	// the pending timeout apply.
+	connected bool
+	// mounted: the last mount handed over is believed served.
+	mounted bool
+	// failure says why the socket was closed while the volume stays
+	// published (the pending timeout); the next NodePublishVolume reports it.
+	failure error
+	timer   *time.Timer
 
 	// mountMu serializes what changes the mounts at the target: a handover
 	// and the watcher's placeholder. stopped (under mountMu) ends the watcher.
@@ -115,6 +127,9 @@ func (v *volume) stop() {
 	if v.conn != nil {
 		v.conn.Close()
 	}
+	if v.timer != nil {
+		v.timer.Stop()
+	}
 	v.mu.Unlock()
 	if v.ln != nil {
 		v.ln.Close()
@@ -141,6 +156,7 @@ func (v *volume) handle(conn *net.UnixConn) {
 
 	req, err := fdpassing.ReceiveRequest(conn, start.Add(v.d.cfg.HandshakeTimeout))
 	if err != nil {
+		v.d.m.Refused(metrics.ReasonBadRequest)
 		fail(err, "refused a connection")
 		return
 	}
@@ -156,6 +172,10 @@ func (v *volume) handle(conn *net.UnixConn) {
 			fail(err, "ending the FUSE connection at the FUSE program's request")
 			return
 		}
+		if found {
+			v.d.m.Aborted(metrics.CauseFusermount, 1)
+		}
+		v.setMounted(false)
 		log.Info("ended the FUSE connection at the FUSE program's request (fusermount3 -u)", "target", v.spec.TargetPath, "mounted", found)
 		if err := fdpassing.SendResponse(conn, &fdpassing.Response{}, -1, time.Now().Add(time.Second)); err != nil {
 			log.V(4).Info("could not tell the client", "err", err)
@@ -166,6 +186,7 @@ func (v *volume) handle(conn *net.UnixConn) {
 	if req.MountOptions != "" {
 		extra, err := mountoptions.Parse(req.MountOptions)
 		if err != nil {
+			v.d.m.Refused(metrics.ReasonBadOptions)
 			fail(err, "refused the FUSE program's mount options")
 			return
 		}
@@ -174,6 +195,7 @@ func (v *volume) handle(conn *net.UnixConn) {
 
 	v.mountMu.Lock()
 	defer v.mountMu.Unlock()
+	recovering := false
 	top, err := fusemount.TopMount(realTarget)
 	if err != nil {
 		fail(err, "reading the mount table")
@@ -192,14 +214,18 @@ func (v *volume) handle(conn *net.UnixConn) {
 			fail(err, "checking the FUSE mount at the target")
 			return
 		case health == fusemount.Serving:
+			v.d.m.Refused(metrics.ReasonAlreadyServed)
 			fail(errors.New("a FUSE mount is already served at the target"), "refused a second FUSE server for the volume")
 			return
 		case health == fusemount.Unresponsive:
+			v.d.m.Refused(metrics.ReasonAlreadyServed)
 			fail(errors.New("the FUSE server of the mount at the target does not answer"), "refused a second FUSE server for the volume")
 			return
 		}
+		recovering = true
 		log.Info("the volume's FUSE server is gone; mounting anew over the dead mount for the reconnected FUSE process", "target", v.spec.TargetPath)
 	case top != nil:
+		recovering = true
 		log.Info("mounting anew over the placeholder of a dead FUSE mount for the reconnected FUSE process", "target", v.spec.TargetPath)
 	}
 	target, err := v.d.kubelet.OpenPathBeneath(v.spec.target.RelPath())
@@ -213,9 +239,11 @@ func (v *volume) handle(conn *net.UnixConn) {
 		ReadOnly: v.spec.ReadOnly || opts.ReadOnly(), Options: opts,
 	})
 	if err != nil {
+		v.d.m.Handover(false)
 		fail(err, "mounting FUSE")
 		return
 	}
+	faultinject.Point("after-mount")
 	mountedAt := time.Now()
 	resp := &fdpassing.Response{MountData: res.Data, ReadOnly: v.spec.ReadOnly || opts.ReadOnly()}
 	err = fdpassing.SendResponse(conn, resp, int(res.Dev.Fd()), time.Now().Add(5*time.Second))
@@ -223,12 +251,28 @@ func (v *volume) handle(conn *net.UnixConn) {
 	// kernel ends the connection instead of waiting for us.
 	res.Dev.Close()
 	if err != nil {
+		v.d.m.Handover(false)
 		log.Error(err, "handing the /dev/fuse fd over failed; unmounting")
-		if _, uerr := v.d.unmounter.UnmountAll(realTarget); uerr != nil {
+		// Only the mount just made: below it may be a dead mount that the
+		// app containers' binds hold, which a later reconnect stacks on.
+		if uerr := unix.Unmount(realTarget, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); uerr != nil {
 			log.Error(uerr, "unmounting after a failed handover")
+		} else {
+			v.d.m.Aborted(metrics.CauseHandoverFailed, 1)
 		}
 		return
 	}
+	faultinject.Point("after-send")
+	v.d.m.Handover(true)
+	if recovering {
+		v.d.m.Recovered()
+	}
+	v.mu.Lock()
+	v.connected, v.mounted = true, true
+	if v.timer != nil {
+		v.timer.Stop()
+	}
+	v.mu.Unlock()
 	log.Info("mounted and handed over FUSE fd", "target", v.spec.TargetPath, "mountData", res.Data,
 		"mountDuration", mountedAt.Sub(start), "handoverDuration", time.Since(start))
 	v.startWatchLocked()
@@ -292,9 +336,11 @@ func (v *volume) watch() {
 				err = fusemount.MountPlaceholder(target)
 				target.Close()
 			}
+			v.setMounted(false)
 			if err != nil {
 				v.log.Error(err, "covering the dead FUSE mount")
 			} else {
+				v.d.m.Covered()
 				v.log.Info("the volume's FUSE server is gone; covered its mount with a placeholder until the FUSE container reconnects", "target", v.spec.TargetPath)
 			}
 			v.watching = false
@@ -303,6 +349,59 @@ func (v *volume) watch() {
 		}
 		v.mountMu.Unlock()
 	}
+}
+
+func (v *volume) setMounted(m bool) {
+	v.mu.Lock()
+	v.mounted = m
+	v.mu.Unlock()
+}
+
+// startPendingTimer arms the pending timeout of a volume no FUSE process
+// has connected to yet.
+func (v *volume) startPendingTimer() {
+	if v.d.cfg.PendingTimeout <= 0 {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !v.connected && !v.closing {
+		v.timer = time.AfterFunc(v.d.cfg.PendingTimeout, v.pendingExpired)
+	}
+}
+
+// pendingExpired closes the socket of a volume whose FUSE process never
+// connected, and records why: kubelet republishes the volume (the CSIDriver
+// has requiresRepublish), and that NodePublishVolume reports the reason in
+// the pod's events and makes the socket again.
+func (v *volume) pendingExpired() {
+	unlock := v.d.locks.Lock(v.spec.TargetPath)
+	defer unlock()
+	v.d.mu.Lock()
+	current := v.d.volumes[v.spec.TargetPath] == v
+	v.d.mu.Unlock()
+	v.mu.Lock()
+	if !current || v.closing || v.connected || v.failure != nil {
+		v.mu.Unlock()
+		return
+	}
+	if v.conn != nil {
+		// A client is in its handshake: look again once it must be done.
+		v.timer = time.AfterFunc(v.d.cfg.HandshakeTimeout+time.Second, v.pendingExpired)
+		v.mu.Unlock()
+		return
+	}
+	v.failure = fmt.Errorf("no FUSE process connected to the fd-passing socket %q in emptyDir %q within %s (--pending-timeout): "+
+		"check that the pod's FUSE container runs fuse-starter or fusermount3-proxy with that socket path (mountPath of the emptyDir + %q) and read its logs",
+		v.spec.SocketName, v.spec.EmptyDirName, v.d.cfg.PendingTimeout, "/"+v.spec.SocketName)
+	v.mu.Unlock()
+	v.stop()
+	if err := v.emptyDir.RemoveSocket(v.spec.SocketName); err != nil {
+		v.log.Error(err, "removing the fd-passing socket")
+	}
+	v.d.m.PendingTimeout()
+	v.log.Info("closed the socket of a volume whose FUSE process never connected; the next NodePublishVolume reports it and makes the socket again",
+		"target", v.spec.TargetPath, "timeout", v.d.cfg.PendingTimeout)
 }
 
 func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {

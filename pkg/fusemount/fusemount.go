@@ -179,14 +179,21 @@ type Unmounter struct {
 // connection that is already gone is harmless, while one opened afterwards
 // might belong to somebody else's new mount.
 func (u *Unmounter) UnmountAll(path string) (int, error) {
-	n := 0
+	n, _, err := u.UnmountAllCounted(path)
+	return n, err
+}
+
+// UnmountAllCounted is UnmountAll that also says how many of the removed
+// mounts were FUSE mounts (whose connections it aborted).
+func (u *Unmounter) UnmountAllCounted(path string) (removed, fuse int, err error) {
+	n, nfuse := 0, 0
 	for range maxStacked { // mounts can be stacked; bounded so a racing mounter cannot loop us
 		ms, err := MountsAt(path)
 		if err != nil {
-			return n, fmt.Errorf("reading mount table: %w", err)
+			return n, nfuse, fmt.Errorf("reading mount table: %w", err)
 		}
 		if len(ms) == 0 {
-			return n, nil
+			return n, nfuse, nil
 		}
 		top := ms[len(ms)-1]
 		var abort *os.File
@@ -203,13 +210,16 @@ func (u *Unmounter) UnmountAll(path string) (int, error) {
 		switch {
 		case err == nil:
 			n++
+			if top.IsFUSE() {
+				nfuse++
+			}
 		case errors.Is(err, unix.EINVAL):
 			// Gone in between (or not a mountpoint after all): read the table again.
 		default:
-			return n, fmt.Errorf("unmounting %s: %w", path, err)
+			return n, nfuse, fmt.Errorf("unmounting %s: %w", path, err)
 		}
 	}
-	return n, fmt.Errorf("%s still has mounts after %d unmounts", path, maxStacked)
+	return n, nfuse, fmt.Errorf("%s still has mounts after %d unmounts", path, maxStacked)
 }
 
 // EnsureFusectl returns the directory where the fusectl filesystem is
