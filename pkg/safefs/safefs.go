@@ -93,6 +93,11 @@ func (d *Dir) Mkdir(name string, mode uint32) error {
 	err := unix.Mkdirat(d.Fd(), name, mode)
 	if err == unix.EEXIST {
 		st, serr := d.Lstat(name)
+		if errors.Is(serr, unix.ENOTCONN) || errors.Is(serr, unix.ECONNABORTED) {
+			// The root of a dead FUSE mount: stat reaches the dead server,
+			// but only directories are mounted on here (a FUSE root is one).
+			return nil
+		}
 		if serr != nil {
 			return serr
 		}

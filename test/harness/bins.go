@@ -113,7 +113,21 @@ func BuildPackage(t T, pkg string) string {
 	return p
 }
 
-func buildPackage(pkg string) (string, error) {
+// BuildPackageWithTags is BuildPackage with build tags (comma-separated);
+// the binary is named <last element>-<tags>. The fault tests build the
+// driver with the faultinject tag this way.
+func BuildPackageWithTags(t T, pkg, tags string) string {
+	t.Helper()
+	p, err := buildPackageTags(pkg, tags)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	return p
+}
+
+func buildPackage(pkg string) (string, error) { return buildPackageTags(pkg, "") }
+
+func buildPackageTags(pkg, tags string) (string, error) {
 	builds.Lock()
 	if builds.dir == "" && builds.dirErr == nil {
 		builds.dir, builds.dirErr = makeBinDir()
@@ -122,10 +136,11 @@ func buildPackage(pkg string) (string, error) {
 	if builds.pkgs == nil {
 		builds.pkgs = map[string]*buildResult{}
 	}
-	r := builds.pkgs[pkg]
+	key := pkg + "@" + tags
+	r := builds.pkgs[key]
 	if r == nil {
 		r = &buildResult{}
-		builds.pkgs[pkg] = r
+		builds.pkgs[key] = r
 	}
 	builds.Unlock()
 	if dirErr != nil {
@@ -138,7 +153,12 @@ func buildPackage(pkg string) (string, error) {
 			return
 		}
 		out := filepath.Join(dir, path.Base(pkg))
-		cmd := exec.Command("go", "build", "-o", out, pkg)
+		args := []string{"build", "-o", out}
+		if tags != "" {
+			out += "-" + strings.ReplaceAll(tags, ",", "-")
+			args = []string{"build", "-tags", tags, "-o", out}
+		}
+		cmd := exec.Command("go", append(args, pkg)...)
 		cmd.Dir = root
 		b, err := cmd.CombinedOutput()
 		if err != nil {

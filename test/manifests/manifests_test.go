@@ -107,16 +107,13 @@ func TestDeploy(t *testing.T) {
 	if d == nil || get(d, "metadata", "name") != driverName {
 		t.Fatalf("no CSIDriver %s", driverName)
 	}
-	for k, want := range map[string]any{"attachRequired": false, "podInfoOnMount": true, "fsGroupPolicy": "None"} {
+	for k, want := range map[string]any{"attachRequired": false, "podInfoOnMount": true, "fsGroupPolicy": "None", "requiresRepublish": true} {
 		if got := get(d, "spec", k); got != want {
 			t.Errorf("CSIDriver spec.%s = %v, want %v", k, got, want)
 		}
 	}
 	if got := get(d, "spec", "volumeLifecycleModes"); !reflect.DeepEqual(got, []any{"Ephemeral", "Persistent"}) {
 		t.Errorf("volumeLifecycleModes = %v", got)
-	}
-	if get(d, "spec", "requiresRepublish") == true {
-		t.Errorf("requiresRepublish is set but the driver does not use it")
 	}
 	ds := find(objs, "DaemonSet")
 	if ds == nil || get(ds, "metadata", "namespace") != "mfcp-system" {
