@@ -6,13 +6,17 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -270,4 +274,70 @@ func deleteAndCheckUnmounted(t *testing.T, name string) {
 	}
 	mustKubectl(t, "delete", "pod", name, "--wait=true", "--timeout=90s")
 	waitFor(t, time.Minute, "the pod's FUSE mount to go", func() bool { return len(fuseMountsOfPod(t, uid)) == 0 })
+}
+
+// The driver's Prometheus metrics, scraped through kubectl port-forward
+// (the pod network is not routed from the node here), follow a served pod.
+func TestMetricsScrape(t *testing.T) {
+	deployDriver(t)
+	name := "mfcp-example-proxy-s3fs"
+	applyExample(t, name, "proxy/s3fs/deploy.yaml")
+	pod := strings.TrimSpace(mustKubectl(t, "-n", driverNS, "get", "pod", "-l", "app.kubernetes.io/name=meta-fuse-csi-plugin", "-o", "jsonpath={.items[0].metadata.name}"))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pf := exec.CommandContext(ctx, "kubectl", "-n", driverNS, "port-forward", "pod/"+pod, ":9809")
+	stdout, err := pf.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf.Stderr = os.Stderr
+	if err := pf.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer pf.Wait()
+	defer cancel()
+	// "Forwarding from 127.0.0.1:NNNNN -> 9809"
+	local := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if f := strings.Fields(sc.Text()); len(f) >= 3 && f[0] == "Forwarding" && strings.HasPrefix(f[2], "127.0.0.1:") {
+				local <- f[2]
+				break
+			}
+		}
+		io.Copy(io.Discard, stdout)
+	}()
+	var addr string
+	select {
+	case addr = <-local:
+	case <-time.After(time.Minute):
+		t.Fatal("kubectl port-forward did not start")
+	}
+	var body []byte
+	waitFor(t, time.Minute, "a scrape of /metrics", func() bool {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, err = io.ReadAll(resp.Body)
+		return err == nil && resp.StatusCode == http.StatusOK
+	})
+	values := map[string]float64{}
+	for _, l := range strings.Split(string(body), "\n") {
+		if i := strings.LastIndexByte(l, ' '); i > 0 && !strings.HasPrefix(l, "#") {
+			if v, err := strconv.ParseFloat(l[i+1:], 64); err == nil {
+				values[l[:i]] = v
+			}
+		}
+	}
+	for _, k := range []string{`mfcp_fd_handovers_total{result="ok"}`, `mfcp_node_publish_duration_seconds_count{code="OK"}`, "mfcp_active_mounts", "mfcp_volumes_published"} {
+		if values[k] < 1 {
+			t.Errorf("%s = %v, want >= 1 with a served pod", k, values[k])
+		}
+	}
+	t.Logf("scraped %d series from %s; handovers ok %v, active mounts %v", len(values), pod, values[`mfcp_fd_handovers_total{result="ok"}`], values["mfcp_active_mounts"])
+	deleteAndCheckUnmounted(t, name)
 }
