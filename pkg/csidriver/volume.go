@@ -394,6 +394,7 @@ func (v *volume) pendingExpired() {
 	v.failure = fmt.Errorf("no FUSE process connected to the fd-passing socket %q in emptyDir %q within %s (--pending-timeout): "+
 		"check that the pod's FUSE container runs fuse-starter or fusermount3-proxy with that socket path (mountPath of the emptyDir + %q) and read its logs",
 		v.spec.SocketName, v.spec.EmptyDirName, v.d.cfg.PendingTimeout, "/"+v.spec.SocketName)
+	v.closing = true // from here a connection accepted meanwhile is dropped unserved
 	v.mu.Unlock()
 	v.stop()
 	if err := v.emptyDir.RemoveSocket(v.spec.SocketName); err != nil {
