@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -361,4 +362,41 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	requireNothingMounted(t, e.k)
+}
+
+// With --logging-format=json every driver line is one JSON object, and the
+// lines about a volume name the pod (namespace, name, uid) and the volume.
+func TestJSONLogs(t *testing.T) {
+	e := setup(t, "--logging-format=json")
+	pod, v := e.podWithVolume(t, false)
+	sidecar := e.starter(t, pod, e.bins.Loopback, "/dev/fd/3", backingDir(t))
+	waitServed(t, v.target, "hello.txt", sidecar)
+	e.unpublish(t, v)
+	sidecar.Wait(waitLimit)
+
+	seen := map[string]bool{}
+	for _, line := range strings.Split(e.d.Logs(), "\n") {
+		if line == "" || strings.HasPrefix(line, "=== harness") {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not a JSON line: %q: %v", line, err)
+		}
+		msg, _ := m["msg"].(string)
+		if _, ok := m["ts"].(float64); !ok || msg == "" || m["caller"] == nil {
+			t.Errorf("line lacks ts, msg or caller: %s", line)
+		}
+		switch msg {
+		case "published volume; waiting for the FUSE process to connect", "mounted and handed over FUSE fd", "unpublished volume":
+			p, _ := m["pod"].(map[string]any)
+			if p["namespace"] != pod.Namespace || p["name"] != pod.Name || m["podUID"] != pod.UID || m["volume"] != v.name {
+				t.Errorf("%q does not name the pod and volume: %s", msg, line)
+			}
+			seen[msg] = true
+		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("volume lines seen: %v", seen)
+	}
 }
