@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -16,6 +17,7 @@ import (
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/fusemount"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/kubeletpath"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/metrics"
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/safefs"
 )
 
 // NodeGetInfo names the node.
@@ -59,14 +61,15 @@ func (d *Driver) publish(spec *publishSpec, log klog.Logger) error {
 		}
 		v.mu.Lock()
 		pendingFailure = v.failure
+		stopped := v.closing
 		v.mu.Unlock()
-		if pendingFailure == nil {
+		if !stopped {
 			log.V(4).Info("volume already published", "target", spec.TargetPath)
 			return nil
 		}
-		// The pending timeout closed its socket: report why (this is how
-		// the reason reaches the pod's events), and make the socket again
-		// for a FUSE process that starts late.
+		// Its socket was closed: by the pending timeout (report why: this
+		// is how the reason reaches the pod's events), or by an unpublish
+		// that failed later. Make the socket again.
 		v.stop()
 		v.emptyDir.Close()
 		d.mu.Lock()
@@ -119,11 +122,15 @@ func (d *Driver) listen(spec *publishSpec, log klog.Logger) error {
 	// A socket left at the name is a stale one of ours (a restart) or one the
 	// pod made; either way it is replaced.
 	if err := emptyDir.RemoveSocket(spec.SocketName); err != nil {
+		if errors.Is(err, safefs.ErrNotSocket) {
+			return invalid("volumeAttributes.%s %q: something other than a socket appeared at that name in emptyDir %q; the driver creates the socket itself, so remove it or choose another name",
+				AttrSocketName, spec.SocketName, spec.EmptyDirName)
+		}
 		return status.Errorf(codes.Internal, "removing the stale socket: %v", err)
 	}
 	ln, err := emptyDir.ListenUnix(spec.SocketName, int(dirStat.Uid), int(dirStat.Gid), socketMode(dirStat.Mode))
 	if err != nil {
-		if errors.Is(err, unix.EADDRINUSE) {
+		if errors.Is(err, unix.EADDRINUSE) || errors.Is(err, safefs.ErrReplaced) {
 			return status.Errorf(codes.Unavailable, "something appeared at the socket name %q in emptyDir %q while the driver was creating the socket; retrying", spec.SocketName, spec.EmptyDirName)
 		}
 		return status.Errorf(codes.Internal, "creating the fd-passing socket: %v", err)
@@ -200,7 +207,7 @@ func (d *Driver) makeTarget(t kubeletpath.Target) error {
 	if err != nil {
 		return status.Errorf(codes.Internal, "opening the pod's volume directory: %v", err)
 	}
-	defer vols.Close()
+	defer func() { vols.Close() }() // the last handle opened in the loop
 	for _, name := range []string{kubeletpath.CSIPluginDir, t.VolumeName} {
 		if err := vols.Mkdir(name, 0o750); err != nil {
 			return status.Errorf(codes.Internal, "creating the target's parent directory: %v", err)
@@ -248,7 +255,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		}
 	}
 
-	n, nfuse, err := d.unmounter.UnmountAllCounted(d.realTarget(t.RelPath()))
+	n, nfuse, err := d.unmounter.UnmountAllCounted(d.realTarget(t.RelPath()), d.targetOpener(t))
 	d.m.Aborted(metrics.CauseUnpublish, nfuse)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", req.GetTargetPath(), err)
@@ -264,6 +271,12 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	d.mu.Unlock()
 	log.Info("unpublished volume", "target", req.GetTargetPath(), "unmounted", n, "duration", time.Since(start))
 	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// targetOpener opens the target beneath the kubelet dir without following
+// symlinks, for unmounting through the handle.
+func (d *Driver) targetOpener(t kubeletpath.Target) fusemount.Opener {
+	return func() (*os.File, error) { return d.kubelet.OpenPathBeneath(t.RelPath()) }
 }
 
 // removeTarget removes the empty target directory; a missing one is fine.

@@ -162,12 +162,13 @@ func (v *volume) handle(conn *net.UnixConn) {
 	}
 	log = klog.LoggerWithValues(log, "client", req.Client)
 	realTarget := v.d.realTarget(v.spec.target.RelPath())
+	openTarget := v.d.targetOpener(v.spec.target)
 	if req.Op == fdpassing.OpUnmount {
 		// The FUSE program is shutting down (fusermount3 -u): end its
 		// connection so it exits, but keep the mount where it is, so that a
 		// restarted FUSE container's new mount is stacked on it and reaches
 		// the app containers. NodeUnpublishVolume removes the mounts.
-		found, err := v.d.unmounter.Abort(realTarget)
+		found, err := v.d.unmounter.Abort(realTarget, openTarget)
 		if err != nil {
 			fail(err, "ending the FUSE connection at the FUSE program's request")
 			return
@@ -245,6 +246,14 @@ func (v *volume) handle(conn *net.UnixConn) {
 	}
 	faultinject.Point("after-mount")
 	mountedAt := time.Now()
+	// The ID of the mount just made, so that a failed handover removes it
+	// and nothing else (below it may be a dead mount the app containers'
+	// binds hold, on which a later reconnect stacks).
+	newMount := -1
+	if h, err := openTarget(); err == nil {
+		newMount, _ = fusemount.MountID(h)
+		h.Close()
+	}
 	resp := &fdpassing.Response{MountData: res.Data, ReadOnly: v.spec.ReadOnly || opts.ReadOnly()}
 	err = fdpassing.SendResponse(conn, resp, int(res.Dev.Fd()), time.Now().Add(5*time.Second))
 	// The FUSE server holds the only copy from now on: if it dies, the
@@ -253,9 +262,7 @@ func (v *volume) handle(conn *net.UnixConn) {
 	if err != nil {
 		v.d.m.Handover(false)
 		log.Error(err, "handing the /dev/fuse fd over failed; unmounting")
-		// Only the mount just made: below it may be a dead mount that the
-		// app containers' binds hold, which a later reconnect stacks on.
-		if uerr := unix.Unmount(realTarget, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); uerr != nil {
+		if uerr := v.d.unmounter.UnmountTopIf(realTarget, newMount, openTarget); uerr != nil {
 			log.Error(uerr, "unmounting after a failed handover")
 		} else {
 			v.d.m.Aborted(metrics.CauseHandoverFailed, 1)

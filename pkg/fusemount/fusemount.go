@@ -107,6 +107,8 @@ func Mount(r *Request) (*Result, error) {
 
 // Mount is one entry of the mount table at a mountpoint.
 type MountEntry struct {
+	// ID is the mount ID (mountinfo's first field, an fd's mnt_id).
+	ID         int
 	Mountpoint string
 	FSType     string
 	Source     string
@@ -144,7 +146,7 @@ func MountsUnder(path string) ([]MountEntry, error) {
 func entries(infos []*mountinfo.Info) []MountEntry {
 	out := make([]MountEntry, 0, len(infos))
 	for _, i := range infos {
-		out = append(out, MountEntry{Mountpoint: i.Mountpoint, FSType: i.FSType, Source: i.Source, Minor: i.Minor, Options: i.Options})
+		out = append(out, MountEntry{ID: i.ID, Mountpoint: i.Mountpoint, FSType: i.FSType, Source: i.Source, Minor: i.Minor, Options: i.Options})
 	}
 	return out
 }
@@ -170,23 +172,33 @@ type Unmounter struct {
 	FusectlDir string
 }
 
+// Opener opens an O_PATH handle on a mountpoint without following symlinks
+// (safefs's OpenPathBeneath). Unmounting goes through that handle, so a
+// path changed under the driver (a renamed or symlinked parent) can never
+// make it unmount something elsewhere.
+type Opener func() (*os.File, error)
+
 // UnmountAll detaches every mount at path, top first, and aborts the FUSE
 // connections behind them so that a dead or stopped server cannot keep a
 // process (or the kernel) waiting. It returns how many mounts it removed.
+//
+// path is the mountpoint as the mount table shows it; open gives a handle on
+// it. Each unmount is of the mount the handle is on, and only when that
+// mount is one the table shows at path.
 //
 // The abort file is opened before the detach: connection numbers are device
 // minors, which the kernel reuses at once, and an abort file opened on a
 // connection that is already gone is harmless, while one opened afterwards
 // might belong to somebody else's new mount.
-func (u *Unmounter) UnmountAll(path string) (int, error) {
-	n, _, err := u.UnmountAllCounted(path)
+func (u *Unmounter) UnmountAll(path string, open Opener) (int, error) {
+	n, _, err := u.UnmountAllCounted(path, open)
 	return n, err
 }
 
 // UnmountAllCounted is UnmountAll that also says how many of the removed
 // mounts were FUSE mounts (whose connections it aborted).
-func (u *Unmounter) UnmountAllCounted(path string) (removed, fuse int, err error) {
-	n, nfuse := 0, 0
+func (u *Unmounter) UnmountAllCounted(path string, open Opener) (removed, fuse int, err error) {
+	n, nfuse, changed := 0, 0, 0
 	for range maxStacked { // mounts can be stacked; bounded so a racing mounter cannot loop us
 		ms, err := MountsAt(path)
 		if err != nil {
@@ -195,31 +207,95 @@ func (u *Unmounter) UnmountAllCounted(path string) (removed, fuse int, err error
 		if len(ms) == 0 {
 			return n, nfuse, nil
 		}
-		top := ms[len(ms)-1]
-		var abort *os.File
-		if top.IsFUSE() && u.FusectlDir != "" {
-			abort, _ = os.OpenFile(fmt.Sprintf("%s/%d/abort", u.FusectlDir, top.Minor), os.O_WRONLY, 0)
-		}
-		err = unix.Unmount(path, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
-		if abort != nil {
-			// Whatever still holds the detached superblock (a process blocked
-			// on a stopped server, an open file) is released now.
-			abort.Write([]byte("1"))
-			abort.Close()
-		}
+		top, err := u.unmountTop(ms, open)
 		switch {
 		case err == nil:
 			n++
 			if top.IsFUSE() {
 				nfuse++
 			}
-		case errors.Is(err, unix.EINVAL):
-			// Gone in between (or not a mountpoint after all): read the table again.
+		case errors.Is(err, errChanged), errors.Is(err, unix.EINVAL):
+			// Changed or gone in between: read the table again, a few times.
+			if changed++; changed > 8 {
+				return n, nfuse, fmt.Errorf("unmounting %s: %w", path, err)
+			}
 		default:
 			return n, nfuse, fmt.Errorf("unmounting %s: %w", path, err)
 		}
 	}
 	return n, nfuse, fmt.Errorf("%s still has mounts after %d unmounts", path, maxStacked)
+}
+
+var errChanged = errors.New("the path does not lead to a mount the mount table shows there (it changed while unmounting)")
+
+// unmountTop detaches the mount that open's handle is on, if it is one of ms.
+func (u *Unmounter) unmountTop(ms []MountEntry, open Opener) (MountEntry, error) {
+	f, err := open()
+	if err != nil {
+		return MountEntry{}, fmt.Errorf("opening the mountpoint: %w", err)
+	}
+	defer f.Close()
+	id, err := MountID(f)
+	if err != nil {
+		return MountEntry{}, err
+	}
+	var top *MountEntry
+	for i := range ms {
+		if ms[i].ID == id {
+			top = &ms[i]
+		}
+	}
+	if top == nil {
+		return MountEntry{}, errChanged
+	}
+	var abort *os.File
+	if top.IsFUSE() && u.FusectlDir != "" {
+		abort, _ = os.OpenFile(fmt.Sprintf("%s/%d/abort", u.FusectlDir, top.Minor), os.O_WRONLY, 0)
+	}
+	// The magic link names exactly the handle's mount root.
+	err = unix.Unmount("/proc/self/fd/"+strconv.Itoa(int(f.Fd())), unix.MNT_DETACH)
+	if abort != nil {
+		// Whatever still holds the detached superblock (a process blocked
+		// on a stopped server, an open file) is released now.
+		abort.Write([]byte("1"))
+		abort.Close()
+	}
+	return *top, err
+}
+
+// MountID returns the ID of the mount f is on, from /proc/self/fdinfo: it
+// asks nothing of the filesystem, so a hung FUSE server cannot block it.
+func MountID(f *os.File) (int, error) {
+	b, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(int(f.Fd())))
+	if err != nil {
+		return 0, fmt.Errorf("reading the mount of a handle: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "mnt_id:"); ok {
+			id, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				return 0, fmt.Errorf("fdinfo mnt_id %q: %w", v, err)
+			}
+			return id, nil
+		}
+	}
+	return 0, errors.New("no mnt_id in /proc/self/fdinfo (kernel older than 3.15?)")
+}
+
+// UnmountTopIf detaches the top mount at path if it is the mount with ID
+// id (the one just made), through open's handle.
+func (u *Unmounter) UnmountTopIf(path string, id int, open Opener) error {
+	ms, err := MountsAt(path)
+	if err != nil {
+		return fmt.Errorf("reading mount table: %w", err)
+	}
+	for _, m := range ms {
+		if m.ID == id {
+			_, err := u.unmountTop([]MountEntry{m}, open)
+			return err
+		}
+	}
+	return nil
 }
 
 // EnsureFusectl returns the directory where the fusectl filesystem is
@@ -300,7 +376,7 @@ func Classify(err error) (Health, error) {
 // FUSE process that connects later gets a mount stacked on top, which the
 // app containers' binds of this one do see. It falls back to UnmountAll when
 // fusectl is not available. It reports whether there was a FUSE mount.
-func (u *Unmounter) Abort(path string) (bool, error) {
+func (u *Unmounter) Abort(path string, open Opener) (bool, error) {
 	ms, err := MountsAt(path)
 	if err != nil {
 		return false, fmt.Errorf("reading mount table: %w", err)
@@ -309,7 +385,7 @@ func (u *Unmounter) Abort(path string) (bool, error) {
 		return false, nil
 	}
 	if u.FusectlDir == "" {
-		_, err := u.UnmountAll(path)
+		_, err := u.UnmountAll(path, open)
 		return true, err
 	}
 	f, err := os.OpenFile(fmt.Sprintf("%s/%d/abort", u.FusectlDir, ms[len(ms)-1].Minor), os.O_WRONLY, 0)

@@ -1,6 +1,9 @@
 package fusemount
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -70,8 +73,67 @@ func TestMountsAtMissingPath(t *testing.T) {
 	if err != nil || len(ms) != 0 {
 		t.Fatalf("MountsAt = %v, %v", ms, err)
 	}
-	n, err := (&Unmounter{}).UnmountAll("/nonexistent/path/for/mfcp")
+	n, err := (&Unmounter{}).UnmountAll("/nonexistent/path/for/mfcp", func() (*os.File, error) { return nil, os.ErrNotExist })
 	if err != nil || n != 0 {
 		t.Fatalf("UnmountAll = %d, %v", n, err)
+	}
+}
+
+func mountTmpfs(t *testing.T, dir string) {
+	t.Helper()
+	if err := unix.Mount("mfcp-test", dir, "tmpfs", 0, "size=4k"); err != nil {
+		t.Fatalf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+}
+
+func openPath(p string) Opener {
+	return func() (*os.File, error) { return os.OpenFile(p, unix.O_PATH|unix.O_DIRECTORY, 0) }
+}
+
+// Unmounting goes through the handle, and only when the handle is on a
+// mount the table shows at the path: a path that leads elsewhere (as after a
+// symlink swap of a parent) unmounts nothing.
+func TestUnmountAllThroughHandle(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount tmpfs")
+	}
+	base := t.TempDir()
+	target, elsewhere := filepath.Join(base, "target"), filepath.Join(base, "elsewhere")
+	for _, d := range []string{target, elsewhere} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mountTmpfs(t, target)
+	mountTmpfs(t, target) // stacked
+	mountTmpfs(t, elsewhere)
+
+	h, err := openPath(target)()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := MountID(h)
+	h.Close()
+	ms, _ := MountsAt(target)
+	if err != nil || len(ms) != 2 || id != ms[1].ID {
+		t.Fatalf("MountID = %d, %v; mounts at target %+v (the handle must be on the top one)", id, err, ms)
+	}
+
+	u := &Unmounter{}
+	if n, err := u.UnmountAll(target, openPath(elsewhere)); !errors.Is(err, errChanged) || n != 0 {
+		t.Fatalf("with a handle elsewhere: %d, %v; want errChanged and nothing unmounted", n, err)
+	}
+	if ms, _ := MountsAt(elsewhere); len(ms) != 1 {
+		t.Fatalf("the mount elsewhere was touched: %+v", ms)
+	}
+	if n, err := u.UnmountAll(target, openPath(target)); err != nil || n != 2 {
+		t.Fatalf("UnmountAll = %d, %v; want 2", n, err)
+	}
+	if err := u.UnmountTopIf(elsewhere, -1, openPath(elsewhere)); err != nil {
+		t.Fatal(err)
+	}
+	if ms, _ := MountsAt(elsewhere); len(ms) != 1 {
+		t.Fatalf("UnmountTopIf with another ID unmounted: %+v", ms)
 	}
 }

@@ -21,6 +21,12 @@ import (
 const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
 
 // Dir is an open directory handle.
+// Errors of the socket operations when the pod changes the name under them.
+var (
+	ErrNotSocket = errors.New("is not a socket")
+	ErrReplaced  = errors.New("was replaced while the socket was being created")
+)
+
 type Dir struct {
 	f *os.File
 }
@@ -126,7 +132,7 @@ func (d *Dir) RemoveSocket(name string) error {
 		return err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return fmt.Errorf("%s/%s is not a socket (mode %o); leaving it alone", d.Name(), name, st.Mode)
+		return fmt.Errorf("%s/%s: %w (mode %o); leaving it alone", d.Name(), name, ErrNotSocket, st.Mode)
 	}
 	err = unix.Unlinkat(d.Fd(), name, 0)
 	if errors.Is(err, unix.ENOENT) {
@@ -172,7 +178,7 @@ func (d *Dir) chownSocket(name string, uid, gid int, mode uint32) error {
 		return err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return fmt.Errorf("%s/%s was replaced while being created", d.Name(), name)
+		return fmt.Errorf("%s/%s: %w", d.Name(), name, ErrReplaced)
 	}
 	if err := unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("chown of socket %s/%s: %w", d.Name(), name, err)

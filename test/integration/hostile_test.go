@@ -17,10 +17,9 @@ package integration
 // checks that nothing outside ever changes or gets mounted (inotify, a
 // snapshot and the mount table).
 //
-// Driver bugs these tests found are described in bugFDLeak and
-// bugUnmountPath; a test whose only findings are those skips with their
-// description (knownBugs) instead of failing, and passes once they are
-// fixed. MFCP_STRICT_KNOWN_BUGS=1 turns them into failures.
+// Two driver bugs these tests found, both fixed, are described in bugFDLeak
+// and bugUnmountPath; should either come back, the test fails with its
+// description (knownBugs).
 
 import (
 	"bytes"
@@ -286,7 +285,7 @@ func waitDriverFDs(t *testing.T, pid int, base map[string]string) {
 	}
 }
 
-// The driver bugs these tests found (see knownBugs).
+// The driver bugs these tests found, fixed since (see knownBugs).
 const (
 	bugFDLeak = "NodePublishVolume leaks an fd on the target's parent directory (pods/<uid>/volumes/kubernetes.io~csi/<volume>) " +
 		"each time it creates a target: makeTarget (pkg/csidriver/node.go) does `defer vols.Close()`, which binds the first handle " +
@@ -300,29 +299,21 @@ const (
 		"likewise for the unmount after a failed handover in volume.go"
 )
 
-// knownBugs ends a test whose only findings are the driver bugs above: it
-// skips with their description, so the suite stays usable until they are
-// fixed, and the skip goes away by itself with the fix. Set
-// MFCP_STRICT_KNOWN_BUGS=1 to make them failures.
+// knownBugs fails a test that saw one of the driver bugs above come back.
 func knownBugs(t *testing.T, bugs []string) {
 	t.Helper()
-	if len(bugs) == 0 {
-		return
+	if len(bugs) > 0 {
+		t.Fatal("a fixed driver bug is back:\n" + strings.Join(bugs, "\n"))
 	}
-	msg := "known bug(s), see the final report of issue 5:\n" + strings.Join(bugs, "\n")
-	if os.Getenv("MFCP_STRICT_KNOWN_BUGS") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
 }
 
 // csiParentDir matches what the fd leaked by makeTarget points at.
 var csiParentDir = regexp.MustCompile(`/volumes/kubernetes\.io~csi/[^/]+$`)
 
 // driverFDsBack waits until the driver holds no more fds than base. Extra
-// fds that are all the known makeTarget leak (bugFDLeak) are returned after
-// a short wait (they close only when the driver's garbage collector runs);
-// any other extra fd fails the test after waitLimit.
+// fds that are all the makeTarget leak (bugFDLeak, fixed) are returned after
+// a short wait (such fds close only when the driver's garbage collector
+// runs); any other extra fd fails the test after waitLimit.
 func driverFDsBack(t *testing.T, pid int, base map[string]string) (knownLeak []string) {
 	t.Helper()
 	start := time.Now()
