@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,6 +42,7 @@ func TestUnpublishAfterFUSEServerStopped(t *testing.T) {
 	if err := sidecar.SignalGroup(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	waitGroupStopped(t, sidecar.Pid())
 	// A reader that blocks on the stopped server (a separate process, so the
 	// test itself can never hang on the mount).
 	reader := exec.Command("cat", filepath.Join(v.target, "new-file-not-cached"))
@@ -231,4 +233,38 @@ func sidecarCrashRecovery(t *testing.T, placeholder bool) {
 	}
 	e.unpublish(t, v)
 	requireNothingMounted(t, e.k)
+}
+
+// waitGroupStopped waits until every thread of every process in the process
+// group is stopped: kill(2) returns before a thread that is running takes
+// the stop, and it could still answer one more FUSE request.
+func waitGroupStopped(t *testing.T, pgid int) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		procs, err := harness.ListProcs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		running := 0
+		for _, p := range procs {
+			if p.PGid != pgid {
+				continue
+			}
+			tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", p.Pid))
+			for _, task := range tasks {
+				b, err := os.ReadFile(task)
+				if i := strings.LastIndexByte(string(b), ')'); err == nil && i > 0 && i+2 < len(b) && b[i+2] != 'T' {
+					running++
+				}
+			}
+		}
+		if running == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d threads of process group %d did not stop", running, pgid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
