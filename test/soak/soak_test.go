@@ -41,6 +41,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
+	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/fusemount"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/starter"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/test/harness"
 )
@@ -86,6 +87,7 @@ type soak struct {
 	metricsAddr string
 	stateDir    string
 	fusectl     string // where fusectl is mounted, "" if nowhere
+	tmpDir      string // the test's temporary directory
 
 	// phases sums the time in-process cycles spent in each phase.
 	phases [numPhases]atomic.Int64
@@ -123,7 +125,7 @@ func TestSoak(t *testing.T) {
 		Loopback: harness.BuildPackage(t, harness.LoopbackPkg),
 	}
 	bins.Dir = filepath.Dir(bins.Driver)
-	s := &soak{t: t, bins: bins}
+	s := &soak{t: t, bins: bins, tmpDir: t.TempDir()}
 	s.k = harness.NewKubelet(t)
 	s.stateDir = filepath.Join(s.k.Dir, "plugins", harness.DriverName, "state")
 
@@ -226,7 +228,7 @@ func TestSoak(t *testing.T) {
 // unpublish, kubelet's removal of the pod's directories. Everything it
 // created is released before it returns, also when it fails.
 func (s *soak) cycle(i int, useStarter bool) (err error) {
-	ct := &cycleT{t: s.t}
+	ct := &cycleT{t: s.t, tmpDir: s.tmpDir}
 	var times [numPhases]time.Duration
 	mark := time.Now()
 	phase := func(p int) {
@@ -573,7 +575,8 @@ func abortConn(fusectl, id string) {
 // leftovers), and Fatalf, which the harness calls from the cycle's worker
 // goroutine, ends the cycle instead of the test.
 type cycleT struct {
-	t *testing.T
+	t      *testing.T
+	tmpDir string // parent of TempDir's directories (the test's own)
 
 	mu       sync.Mutex
 	cleanups []func()
@@ -617,7 +620,7 @@ func (c *cycleT) Cleanup(f func()) {
 }
 
 func (c *cycleT) TempDir() string {
-	dir, err := os.MkdirTemp("", "soak-cycle-")
+	dir, err := os.MkdirTemp(c.tmpDir, "cycle-")
 	if err != nil {
 		c.Fatalf("TempDir: %v", err)
 	}
@@ -663,11 +666,13 @@ type counters struct {
 
 	kubeletMounts []string // mountpoints below the kubelet directory
 	fuseMounts    int      // FUSE mounts in this mount namespace, everyone's
-	// ourFuse are the FUSE mounts (by mount id) that are not below another
-	// harness process's directories (test packages run in parallel) or a
-	// real kubelet's: this driver may only mount below its kubelet dir, and
-	// one it made elsewhere would show here.
-	ourFuse map[int]string
+	// driverMounts are the mounts (by mount id) a meta-fuse-csi-plugin
+	// driver made (their source names it: the soak's volumes set no fsname),
+	// wherever they are, except below another harness process's directories
+	// (test packages run in parallel) or a real kubelet's: this driver may
+	// only mount below its kubelet dir, and one it made elsewhere shows here.
+	// Other programs' FUSE mounts on a shared machine do not count.
+	driverMounts map[int]string
 	// orphans are FUSE connections (fusectl) without a mount in this
 	// namespace: a detached mount something still holds.
 	orphans map[string]bool
@@ -757,7 +762,7 @@ func (s *soak) snapshot() (counters, error) {
 	if err != nil {
 		return c, err
 	}
-	c.ourFuse = map[int]string{}
+	c.driverMounts = map[int]string{}
 	mounted := map[string]bool{}
 	for _, m := range ms {
 		if strings.HasPrefix(m.Mountpoint, s.k.Dir+"/") {
@@ -766,9 +771,9 @@ func (s *soak) snapshot() (counters, error) {
 		if harness.IsFuseType(m.FSType) {
 			c.fuseMounts++
 			mounted[strconv.FormatUint(uint64(m.Major)<<20|uint64(m.Minor), 10)] = true
-			if !othersDir(m.Mountpoint) {
-				c.ourFuse[m.ID] = fmt.Sprintf("%s (%s)", m.Mountpoint, m.FSType)
-			}
+		}
+		if (m.Source == fusemount.DefaultSource || m.Source == fusemount.PlaceholderSource) && !othersDir(m.Mountpoint) {
+			c.driverMounts[m.ID] = fmt.Sprintf("%s (%s %s)", m.Mountpoint, m.FSType, m.Source)
 		}
 	}
 	c.orphans = map[string]bool{}
@@ -826,7 +831,7 @@ const (
 	kThreads        = "driver threads"
 	kGoroutines     = "driver goroutines"
 	kKubeletMounts  = "kubelet mounts"
-	kFuseMounts     = "fuse mounts"
+	kDriverMounts   = "driver mounts"
 	kOrphans        = "orphaned connections"
 	kPodSockets     = "pod sockets"
 	kPodEntries     = "pod entries"
@@ -835,7 +840,7 @@ const (
 	kSelfGoroutines = "soak goroutines"
 )
 
-var allKeys = []string{kFDs, kThreads, kGoroutines, kKubeletMounts, kFuseMounts, kOrphans, kPodSockets, kPodEntries, kStateFiles, kSelfFDs, kSelfGoroutines}
+var allKeys = []string{kFDs, kThreads, kGoroutines, kKubeletMounts, kDriverMounts, kOrphans, kPodSockets, kPodEntries, kStateFiles, kSelfFDs, kSelfGoroutines}
 
 // threadSlack is how many threads the driver may have gained. The Go
 // runtime never ends an idle thread: the count rises to the peak of
@@ -862,15 +867,15 @@ func (s *soak) leaks(b, a counters) map[string]string {
 	if len(a.kubeletMounts) != len(b.kubeletMounts) {
 		p[kKubeletMounts] = fmt.Sprintf("mounts under the kubelet dir: %d before, %d after: %v", len(b.kubeletMounts), len(a.kubeletMounts), a.kubeletMounts)
 	}
-	var newFuse []string
-	for id, m := range a.ourFuse {
-		if _, ok := b.ourFuse[id]; !ok {
-			newFuse = append(newFuse, m)
+	var newMounts []string
+	for id, m := range a.driverMounts {
+		if _, ok := b.driverMounts[id]; !ok {
+			newMounts = append(newMounts, m)
 		}
 	}
-	if len(newFuse) > 0 {
-		sort.Strings(newFuse)
-		p[kFuseMounts] = fmt.Sprintf("FUSE mounts: %d new: %v", len(newFuse), newFuse)
+	if len(newMounts) > 0 {
+		sort.Strings(newMounts)
+		p[kDriverMounts] = fmt.Sprintf("the driver's mounts: %d new: %v", len(newMounts), newMounts)
 	}
 	var newOrphans []string
 	for id := range a.orphans {
@@ -1065,8 +1070,8 @@ func (s *soak) report(ran, cycles, starters, failures int, elapsed time.Duration
 	}
 	row("driver CPU time, user+system (reported only)", b.driverCPU, "", st.last.driverCPU)
 	row("mounts under the kubelet dir", len(b.kubeletMounts), "", len(st.get(kKubeletMounts).kubeletMounts))
-	row("FUSE mounts, all in this mount namespace", b.fuseMounts, "", st.get(kFuseMounts).fuseMounts)
-	row("FUSE mounts, not of other tests or a real kubelet", len(b.ourFuse), "", len(st.get(kFuseMounts).ourFuse))
+	row("FUSE mounts, everyone's (reported only)", b.fuseMounts, "", st.last.fuseMounts)
+	row("the driver's mounts anywhere (not other tests')", len(b.driverMounts), "", len(st.get(kDriverMounts).driverMounts))
 	if s.fusectl != "" {
 		row("FUSE connections without a mount (fusectl)", len(b.orphans), "", len(st.get(kOrphans).orphans))
 	} else {
