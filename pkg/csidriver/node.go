@@ -141,7 +141,7 @@ func (d *Driver) listen(spec *publishSpec, log klog.Logger) error {
 		emptyDir.RemoveSocket(spec.SocketName)
 		return status.Errorf(codes.Internal, "%v", err)
 	}
-	v := &volume{d: d, spec: spec, log: log, emptyDir: emptyDir, ln: ln, done: make(chan struct{})}
+	v := &volume{d: d, spec: spec, log: log, emptyDir: emptyDir, ln: ln, done: make(chan struct{}), quit: make(chan struct{})}
 	keep = true
 	d.mu.Lock()
 	d.volumes[spec.TargetPath] = v

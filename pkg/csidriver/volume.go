@@ -50,6 +50,9 @@ type volume struct {
 	mountMu  sync.Mutex
 	stopped  bool
 	watching bool
+	// quit is closed by stop, so the watcher ends at once.
+	quit     chan struct{}
+	quitOnce sync.Once
 }
 
 // watchInterval is how often a served volume's FUSE connection is checked.
@@ -122,6 +125,7 @@ func (v *volume) stop() {
 	v.mountMu.Lock()
 	v.stopped = true
 	v.mountMu.Unlock()
+	v.quitOnce.Do(func() { close(v.quit) })
 	v.mu.Lock()
 	v.closing = true
 	if v.conn != nil {
@@ -305,7 +309,10 @@ func (v *volume) watch() {
 	// one blocked goroutine per volume at most.
 	var pending <-chan error
 	for {
-		time.Sleep(watchInterval)
+		select {
+		case <-time.After(watchInterval):
+		case <-v.quit:
+		}
 		v.mountMu.Lock()
 		if v.stopped {
 			v.watching = false
@@ -325,6 +332,8 @@ func (v *volume) watch() {
 			}
 		case <-time.After(5 * time.Second):
 			continue
+		case <-v.quit:
+			continue // ends at the check of stopped above
 		}
 		if health != fusemount.Dead {
 			continue
