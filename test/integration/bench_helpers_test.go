@@ -1,0 +1,453 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pfnet-research/meta-fuse-csi-plugin/test/harness"
+)
+
+// Helpers of the benchmarks. Benchmarks report figures with b.ReportMetric;
+// hack/bench renders them into docs/benchmarks.md. No benchmark asserts a
+// time: they fail only when something does not work.
+
+// benchLoopbackPkg is go-fuse's loopback example with a switch for kernel FUSE
+// passthrough (off by default), for the throughput comparison.
+const benchLoopbackPkg = "./hack/bench/loopback"
+
+func msOf(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
+
+// percentile returns the nearest-rank p-th percentile (0 < p <= 100) of ds.
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	rank := int(float64(len(s))*p/100+0.999999) - 1
+	rank = max(0, min(rank, len(s)-1))
+	return s[rank]
+}
+
+// medianOf is the median (mean of the middle two for an even count).
+func medianOf(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func medianDur(ds []time.Duration) time.Duration {
+	xs := make([]float64, len(ds))
+	for i, d := range ds {
+		xs[i] = float64(d)
+	}
+	return time.Duration(medianOf(xs))
+}
+
+// envInt reads a positive integer setting of the benchmarks from the environment.
+func envInt(b testing.TB, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		b.Fatalf("%s=%q: want a positive integer", name, v)
+	}
+	return n
+}
+
+// benchSetup is setup with the driver's verbosity as deployed (-v=2: the
+// DaemonSet's), so that benchmarks do not time debug logging.
+func benchSetup(b *testing.B, driverArgs ...string) *env {
+	b.Helper()
+	return setup(b, append([]string{"-v=2"}, driverArgs...)...)
+}
+
+// benchProc is a process the benchmark starts itself with fork/exec, without
+// the harness's container emulation (unshare, setpriv, env), so that both
+// sides of a comparison pay exactly the same launch cost.
+type benchProc struct {
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan struct{}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// launch starts argv as uid:gid (0: root with its capabilities; otherwise
+// that user, which has none), in its own process group, with extra files
+// from fd 3 on. The cleanup kills the group and waits.
+func launch(b testing.TB, uid int, extra []*os.File, argv ...string) *benchProc {
+	b.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", harness.TagEnv + "=" + strconv.Itoa(os.Getpid())}
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.ExtraFiles = extra
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if uid != 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid), Groups: []uint32{}}
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("starting %v: %v", argv, err)
+	}
+	p := &benchProc{cmd: cmd, out: out, done: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		close(p.done)
+	}()
+	b.Cleanup(func() { p.kill(b) })
+	return p
+}
+
+func (p *benchProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// wait waits for the process to exit on its own, and kills it after limit.
+func (p *benchProc) wait(b testing.TB, limit time.Duration) {
+	select {
+	case <-p.done:
+	case <-time.After(limit):
+		b.Logf("%s still running after %v; killing it", p.cmd.Path, limit)
+		p.kill(b)
+	}
+}
+
+func (p *benchProc) kill(b testing.TB) {
+	if p.exited() {
+		return
+	}
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		b.Errorf("%s (pid %d) did not exit within 10 s of SIGKILL", p.cmd.Path, p.cmd.Process.Pid)
+	}
+}
+
+// waitStat polls stat(path) until it succeeds; it returns when the FUSE
+// server answered a LOOKUP for it (the file exists only in the backing dir).
+func waitStat(b testing.TB, path string, p *benchProc) {
+	b.Helper()
+	var st unix.Stat_t
+	deadline := time.Now().Add(waitLimit)
+	for {
+		err := unix.Stat(path, &st)
+		if err == nil {
+			return
+		}
+		if p != nil && p.exited() {
+			b.Fatalf("%s exited before %s was served:\n%s", p.cmd.Path, path, p.out.String())
+		}
+		if time.Now().After(deadline) {
+			out := ""
+			if p != nil {
+				out = p.out.String()
+			}
+			b.Fatalf("%s not served within %v (last error %v):\n%s", path, waitLimit, err, out)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// openPath opens dir with O_PATH, for /proc/self/fd/N/<name> paths that stay
+// short (sun_path is 108 bytes) and skip the 0750 kubelet directories, as a
+// container's view of its emptyDir does.
+func openPath(b testing.TB, dir string) *os.File {
+	b.Helper()
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		b.Fatalf("open %s: %v", dir, err)
+	}
+	return os.NewFile(uintptr(fd), dir)
+}
+
+// stopSelf ends a self-mounted server: it aborts the FUSE connection and
+// detaches the mount (harness.DetachAll), so that the server gets ENODEV and
+// exits, then waits for it. Killing the server first could leave it in D
+// state: go-fuse's own requests on its mount (the poll of its epoll hack,
+// the flush when it closes that file) would wait for an answer forever.
+func stopSelf(b testing.TB, p *benchProc, mnt string) {
+	b.Helper()
+	if err := harness.DetachAll(mnt, true); err != nil {
+		b.Fatalf("unmounting %s: %v", mnt, err)
+	}
+	p.wait(b, 10*time.Second)
+}
+
+// procStatus returns a field of /proc/<pid>/status in kB (VmRSS) or as a number (Threads).
+func procStatus(pid int, field string) (int, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
+			fs := strings.Fields(v)
+			if len(fs) == 0 {
+				break
+			}
+			return strconv.Atoi(fs[0])
+		}
+	}
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+}
+
+func fdCount(pid int) (int, error) {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(ents), err
+}
+
+// mountCount counts the mount table's entries (the driver runs in the host's
+// mount namespace, as the test process does).
+func mountCount(b testing.TB) int {
+	b.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return bytes.Count(data, []byte{'\n'})
+}
+
+// driverFlag reports whether the driver binary knows a command-line flag
+// (from its -help output).
+func driverFlag(b testing.TB, bin, flag string) bool {
+	b.Helper()
+	out, _ := exec.Command(bin, "-help").CombinedOutput()
+	return bytes.Contains(out, []byte("-"+flag+" ")) || bytes.Contains(out, []byte("-"+flag+"\n"))
+}
+
+// scrapeGauge reads one unlabelled sample from a Prometheus text endpoint.
+func scrapeGauge(url, name string) (float64, error) {
+	// No keep-alive: an idle connection would count as one of the driver's fds.
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("no %s in %s", name, url)
+}
+
+// mountOptionsOf returns the per-mount and the super options of a mountinfo
+// line, and its source and type.
+func mountOptionsOf(line string) (mountOpts, superOpts, fstype, source string) {
+	f := strings.Fields(line)
+	for i, x := range f {
+		if x == "-" && i+3 < len(f) {
+			return f[5], f[i+3], f[i+1], f[i+2]
+		}
+	}
+	return "", "", "", ""
+}
+
+// writeFile fills path with size bytes of incompressible-looking data.
+func writeBigFile(b testing.TB, path string, size int64) {
+	b.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	x := uint64(0x9e3779b97f4a7c15)
+	for i := 0; i+8 <= len(buf); i += 8 {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		for k := 0; k < 8; k++ {
+			buf[i+k] = byte(x >> (8 * k))
+		}
+	}
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		n := min(int64(len(buf)), size-off)
+		buf[0] = byte(off >> 20) // every MiB differs
+		if _, err := f.Write(buf[:n]); err != nil {
+			f.Close()
+			b.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// The benchmarks do their I/O on FUSE files with raw syscalls, never
+// os.Open: Go registers a file it opens with its netpoller (epoll), and for a
+// FUSE file that sends a FUSE_POLL request to the server; when the server is a
+// go-fuse server in the same process on a /dev/fd/N mount (which skips
+// go-fuse's own poll hack), the runtime can deadlock on it.
+
+// readAll reads path sequentially in blocks of bs bytes (dd if=path bs=bs
+// of=/dev/null) and returns the bytes read and the time taken.
+func readAll(b testing.TB, path string, bs int) (int64, time.Duration) {
+	b.Helper()
+	buf := make([]byte, bs)
+	start := time.Now()
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		b.Fatalf("open %s: %v", path, err)
+	}
+	var n int64
+	for {
+		k, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			unix.Close(fd)
+			b.Fatalf("reading %s: %v", path, err)
+		}
+		if k == 0 {
+			break
+		}
+		n += int64(k)
+	}
+	unix.Close(fd)
+	return n, time.Since(start)
+}
+
+// dropCache drops the page cache of a file opened through a FUSE mount
+// (POSIX_FADV_DONTNEED), so that one pass does not leave gigabytes of cached
+// pages that make the next pass's page allocations slower: without it, the
+// first write after the reads ran at half the speed of the next, whichever
+// mount it went through.
+func dropCache(b testing.TB, path string) {
+	b.Helper()
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		b.Fatalf("open %s: %v", path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED); err != nil {
+		b.Fatalf("fadvise %s: %v", path, err)
+	}
+}
+
+// readSmall returns the content of a small file.
+func readSmall(path string) (string, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	var out []byte
+	buf := make([]byte, 4096)
+	for {
+		k, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		if k == 0 {
+			return string(out), nil
+		}
+		out = append(out, buf[:k]...)
+	}
+}
+
+// writeAll creates path and writes size bytes in blocks of bs (dd
+// if=/dev/zero of=path bs=bs, data not zero), closes it, and returns the time.
+func writeAll(b testing.TB, path string, size int64, bs int) time.Duration {
+	b.Helper()
+	buf := make([]byte, bs)
+	for i := range buf {
+		buf[i] = byte(i*31 + 7)
+	}
+	start := time.Now()
+	fd, err := unix.Open(path, unix.O_CREAT|unix.O_WRONLY|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		b.Fatalf("create %s: %v", path, err)
+	}
+	for off := int64(0); off < size; {
+		n := min(int64(bs), size-off)
+		k, err := unix.Write(fd, buf[:n])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			unix.Close(fd)
+			b.Fatalf("writing %s: %v", path, err)
+		}
+		off += int64(k)
+	}
+	if err := unix.Close(fd); err != nil {
+		b.Fatalf("closing %s: %v", path, err)
+	}
+	return time.Since(start)
+}
+
+// sidecarArgs is the argv of fuse-starter running program with the socket
+// reached through fd 3 (see openPath).
+func (e *env) sidecarArgs(program ...string) []string {
+	return append([]string{e.bins.Starter, "--fd-passing-socket-path", filepath.Join("/proc/self/fd/3", socketName), "--quiet", "--connect-timeout", "20s", "--"}, program...)
+}
+
+// newMountpoint makes an empty directory for a self-mount; its cleanup
+// detaches whatever is left mounted there.
+func newMountpoint(b testing.TB) string {
+	b.Helper()
+	return harness.NewDir(b, 0o755)
+}
