@@ -9,7 +9,7 @@ FUZZTIME ?= 10s
 BENCHTIME ?=
 BENCH_OUT ?= docs/benchmarks.md
 
-.PHONY: all build images test test-unit test-integration test-e2e vet fuzz bench demo clean
+.PHONY: all build images test test-unit test-integration test-e2e vet fuzz bench demo clean soak
 
 all: build
 
@@ -59,3 +59,7 @@ demo:
 
 clean:
 	rm -rf $(BIN) _output
+
+## soak: 10,000 publish → serve → unpublish cycles against the driver binary, checking /proc for leaks (root; MFCP_SOAK_CYCLES=N to change)
+soak:
+	$(GO) test -count=1 -v -run TestSoak ./test/soak/
