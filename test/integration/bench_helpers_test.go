@@ -78,11 +78,22 @@ func envInt(b testing.TB, name string, def int) int {
 	return n
 }
 
-// benchSetup is setup with the driver's verbosity as deployed (-v=2: the
-// DaemonSet's), so that benchmarks do not time debug logging.
+// benchSetup is setup with binaries built as they are shipped and the
+// driver's verbosity as deployed (-v=2: the DaemonSet's), so that
+// benchmarks do not time debug logging.
 func benchSetup(b *testing.B, driverArgs ...string) *env {
 	b.Helper()
+	staticBuilds(b)
 	return setup(b, append([]string{"-v=2"}, driverArgs...)...)
+}
+
+// staticBuilds makes the harness build the binaries static (CGO_ENABLED=0),
+// as make build and the images do: a dynamically linked Go program starts
+// about 1.5 ms later on this project's machines, which would count against
+// the driver path (fuse-starter is one more program to start). It must be
+// called before harness.Binaries, which builds once per process.
+func staticBuilds(b *testing.B) {
+	b.Setenv("CGO_ENABLED", "0")
 }
 
 // benchProc is a process the benchmark starts itself with fork/exec, without

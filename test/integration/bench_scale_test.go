@@ -10,6 +10,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/starter"
@@ -81,6 +82,7 @@ func BenchmarkScale(b *testing.B) {
 		b.Skip("needs root and /dev/fuse: ", err)
 	}
 	harness.LeakCheck(b)
+	staticBuilds(b)
 	bins := harness.Binaries(b)
 	k := harness.NewKubelet(b)
 	args := []string{"-v=2"}
@@ -179,9 +181,11 @@ func BenchmarkScale(b *testing.B) {
 	publishLat, serveLat, unpublishLat = nil, nil, nil
 	time.Sleep(3 * time.Second) // watchers end within one 2 s interval
 	base := sample()
+	mountinfoBase := mountTableRead(b)
 	b.Logf("baseline: %s", base)
 
 	var peak, after driverSample
+	var mountinfoServed time.Duration
 	var served int
 	var publishAll, unpublishAll, settle time.Duration
 	for b.Loop() {
@@ -209,6 +213,7 @@ func BenchmarkScale(b *testing.B) {
 			}
 		}
 		peak = sample()
+		mountinfoServed = mountTableRead(b)
 		b.Logf("%d volumes served: %s", n, peak)
 
 		start = time.Now()
@@ -263,4 +268,21 @@ func BenchmarkScale(b *testing.B) {
 		b.ReportMetric(float64(m.post), m.name+"-after")
 	}
 	b.ReportMetric(settle.Seconds(), "s/settle")
+	b.ReportMetric(msOf(mountinfoBase), "ms/mountinfo-read-base")
+	b.ReportMetric(msOf(mountinfoServed), "ms/mountinfo-read-served")
+}
+
+// mountTableRead is the median time of what the driver does to look at the
+// mounts of one target: read and parse /proc/self/mountinfo, keeping the
+// entries of one mountpoint (fusemount.MountsAt).
+func mountTableRead(b *testing.B) time.Duration {
+	var ds []time.Duration
+	for range 21 {
+		start := time.Now()
+		if _, err := mountinfo.GetMounts(func(i *mountinfo.Info) (bool, bool) { return i.Mountpoint != "/nonexistent", false }); err != nil {
+			b.Fatal(err)
+		}
+		ds = append(ds, time.Since(start))
+	}
+	return medianDur(ds)
 }

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
 )
 
 // BenchmarkServe measures, per volume: NodePublishVolume, the time from
@@ -145,6 +147,16 @@ func BenchmarkFirstStat(b *testing.B) {
 		starterRuns = append(starterRuns, time.Since(start))
 	}
 	b.ReportMetric(msOf(medianDur(starterRuns)), "ms/starter-exec-median")
+	// A gRPC round trip to the driver, for what of the publish is transport.
+	var probes []time.Duration
+	for range 50 {
+		start := time.Now()
+		if _, err := e.d.Identity.Probe(ctx(b), &csi.ProbeRequest{}); err != nil {
+			b.Fatal(err)
+		}
+		probes = append(probes, time.Since(start))
+	}
+	b.ReportMetric(msOf(medianDur(probes)), "ms/grpc-probe-median")
 	b.Logf("first stat: driver %v (publish %v), self-mount %v, over %d runs each", md, medianDur(pub), ms, len(drv))
 }
 
