@@ -36,7 +36,11 @@ func (s *stateStore) file(target string) string {
 	return filepath.Join(s.dir, hex.EncodeToString(sum[:16])+".json")
 }
 
-// Save writes spec atomically (temporary file, fsync, rename).
+// Save writes spec atomically (temporary file, rename). No fsync: the rename
+// is atomic against a driver crash, and after a node crash no FUSE mount
+// survives anyway; kubelet publishes again and Recover drops unreadable
+// files. An fsync cost 0.4 ms per publish on an idle disk, and 1.5 to 130 ms
+// while other work wrote to it.
 func (s *stateStore) Save(spec *publishSpec) error {
 	b, err := json.Marshal(spec)
 	if err != nil {
@@ -48,10 +52,6 @@ func (s *stateStore) Save(spec *publishSpec) error {
 	}
 	defer os.Remove(f.Name())
 	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("saving volume state: %w", err)
-	}
-	if err := f.Sync(); err != nil {
 		f.Close()
 		return fmt.Errorf("saving volume state: %w", err)
 	}
