@@ -211,7 +211,7 @@ const profiled = "BenchmarkPublishInProcess"
 // the pprof name they are found under.
 var profiledFuncs = []struct{ what, fn string }{
 	{"NodePublishVolume, all", "csidriver.(*Driver).NodePublishVolume"},
-	{"the state file (create, write, fsync, rename)", "csidriver.(*stateStore).Save"},
+	{"the state file (create, write, rename)", "csidriver.(*stateStore).Save"},
 	{"the target directory", "csidriver.(*Driver).makeTarget"},
 	{"the socket in the emptyDir", "safefs.(*Dir).ListenUnix"},
 	{"reading /proc/self/mountinfo", "mountinfo.GetMounts"},
