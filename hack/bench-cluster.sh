@@ -33,6 +33,8 @@ if [ -z "${KUBECONFIG:-}" ]; then
   builtin_registrar=1
 else
   builtin_registrar=${MFCP_E2E_BUILTIN_REGISTRAR:-0}
+  # hack/local-cluster has no node-driver-registrar image either.
+  case "$KUBECONFIG" in /var/lib/mfcp-local-cluster/*) builtin_registrar=${MFCP_E2E_BUILTIN_REGISTRAR:-1} ;; esac
 fi
 
 echo "== deploying the driver (deploy/)" >&2
