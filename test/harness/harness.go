@@ -65,6 +65,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 )
 
 // T is the subset of testing.TB the harness needs; *testing.T satisfies it and the demo provides its own.
@@ -316,4 +317,17 @@ func killGroupLeftovers(pgid, uid int, sig syscall.Signal) []ProcInfo {
 		}
 	}
 	return ours
+}
+
+// Main is the TestMain of a package of harness tests: it sweeps what killed
+// earlier runs left behind, runs the tests, and removes the built binaries.
+func Main(m *testing.M) {
+	if err := SweepStale(); err != nil {
+		fmt.Fprintln(os.Stderr, "sweeping leftovers of earlier runs:", err)
+	}
+	code := m.Run()
+	if err := CleanupBinaries(); err != nil {
+		fmt.Fprintln(os.Stderr, "removing test binaries:", err)
+	}
+	os.Exit(code)
 }

@@ -5,20 +5,9 @@
 package integration
 
 import (
-	"fmt"
-	"os"
 	"testing"
 
 	"github.com/pfnet-research/meta-fuse-csi-plugin/test/harness"
 )
 
-func TestMain(m *testing.M) {
-	if err := harness.SweepStale(); err != nil {
-		fmt.Fprintln(os.Stderr, "sweeping leftovers of earlier runs:", err)
-	}
-	code := m.Run()
-	if err := harness.CleanupBinaries(); err != nil {
-		fmt.Fprintln(os.Stderr, "removing test binaries:", err)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m) }

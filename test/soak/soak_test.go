@@ -66,16 +66,7 @@ const (
 	fileName     = "hello.txt"
 )
 
-func TestMain(m *testing.M) {
-	if err := harness.SweepStale(); err != nil {
-		fmt.Fprintln(os.Stderr, "sweeping leftovers of earlier runs:", err)
-	}
-	code := m.Run()
-	if err := harness.CleanupBinaries(); err != nil {
-		fmt.Fprintln(os.Stderr, "removing test binaries:", err)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m) }
 
 type soak struct {
 	t       *testing.T
