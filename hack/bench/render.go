@@ -100,7 +100,7 @@ func render(m machineInfo, benchtime string, rs map[string]*result, cluster *res
 	p("%s\n\n", dRow)
 
 	p("## Method and details\n\n")
-	p("The integration benchmarks (`test/integration/bench*_test.go`) run the real binaries, built static as `make build` and the images build them, the driver at `-v=2` (the DaemonSet's verbosity) on a kubelet-like directory (`test/harness`), as root, with real `/dev/fuse` mounts. `make bench` runs each with its own iteration count (`-benchtime`: (a) 30, (b) 16 (two cores make single runs vary by about ±10 %, in either direction), (c) 1, the per-volume latencies 20, the publish profile 1000; `BENCHTIME` overrides them all).\n\n")
+	p("The integration benchmarks (`test/integration/bench*_test.go`) run the real binaries, built static as `make build` and the images build them, the driver at `-v=2` (the DaemonSet's verbosity) on a kubelet-like directory (`test/harness`), as root, with real `/dev/fuse` mounts. `make bench` runs each with its own iteration count (`-benchtime`: (a) 30, (b) 16 (two cores make single runs vary by about ±10 %%, in either direction), (c) 1, the per-volume latencies 20, the publish profile 1000; `BENCHTIME` overrides them all).\n\n")
 
 	p("### (a) New volume to first stat answered (`BenchmarkFirstStat`)\n\n")
 	p("- **Driver path:** the clock starts before `NodePublishVolume` (kubelet's part, the target's parent and `vol_data.json`, is done before), then `fuse-starter` is started as uid 65534 with no capabilities and connects to the socket in the emptyDir; the driver mounts and passes the fd; `fuse-starter` starts go-fuse's `loopback` example on `/dev/fd/3`. The clock stops when `stat(<target>/hello.txt)` (a file only the backing directory has) succeeds, polled every 100 µs.\n")
