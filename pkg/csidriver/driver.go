@@ -129,7 +129,7 @@ func (d *Driver) VolumeCounts() metrics.VolumeCounts {
 		if v.mounted {
 			c.Mounted++
 		}
-		if v.ln != nil && !v.connected && v.failure == nil {
+		if !v.connected && !v.closing { // listening, never connected
 			c.Pending++
 		}
 		v.mu.Unlock()

@@ -149,7 +149,7 @@ func (d *Driver) listen(spec *publishSpec, log klog.Logger) error {
 	go v.serve()
 	// A volume served before a driver restart is watched again (and has
 	// had its FUSE process); others wait for theirs, for a bounded time.
-	if top, err := fusemount.TopMount(d.realTarget(spec.target.RelPath())); err == nil && top != nil && top.IsFUSE() {
+	if top, err := fusemount.TopMount(d.realTarget(spec.target.RelPath()), d.targetOpener(spec.target)); err == nil && top != nil && top.IsFUSE() {
 		v.mu.Lock()
 		v.connected, v.mounted = true, true
 		v.mu.Unlock()

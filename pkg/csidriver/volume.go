@@ -201,9 +201,9 @@ func (v *volume) handle(conn *net.UnixConn) {
 	v.mountMu.Lock()
 	defer v.mountMu.Unlock()
 	recovering := false
-	top, err := fusemount.TopMount(realTarget)
+	top, err := fusemount.TopMount(realTarget, openTarget)
 	if err != nil {
-		fail(err, "reading the mount table")
+		fail(err, "reading the mount at the target")
 		return
 	}
 	switch {
@@ -213,7 +213,7 @@ func (v *volume) handle(conn *net.UnixConn) {
 		// the dead one instead of replacing it: the app containers have a
 		// bind of the old mount (HostToContainer makes them slaves of it), so
 		// only a mount stacked on it reaches them. Unpublish removes all.
-		health, err := fusemount.Check(realTarget, time.Second)
+		health, err := fusemount.Check(openTarget, time.Second)
 		switch {
 		case err != nil:
 			fail(err, "checking the FUSE mount at the target")
@@ -233,7 +233,7 @@ func (v *volume) handle(conn *net.UnixConn) {
 		recovering = true
 		log.Info("mounting anew over the placeholder of a dead FUSE mount for the reconnected FUSE process", "target", v.spec.TargetPath)
 	}
-	target, err := v.d.kubelet.OpenPathBeneath(v.spec.target.RelPath())
+	target, err := openTarget()
 	if err != nil {
 		fail(err, "opening the target directory")
 		return
@@ -266,9 +266,9 @@ func (v *volume) handle(conn *net.UnixConn) {
 	if err != nil {
 		v.d.m.Handover(false)
 		log.Error(err, "handing the /dev/fuse fd over failed; unmounting")
-		if uerr := v.d.unmounter.UnmountTopIf(realTarget, newMount, openTarget); uerr != nil {
+		if done, uerr := v.d.unmounter.UnmountTopIf(realTarget, newMount, openTarget); uerr != nil {
 			log.Error(uerr, "unmounting after a failed handover")
-		} else {
+		} else if done {
 			v.d.m.Aborted(metrics.CauseHandoverFailed, 1)
 		}
 		return
@@ -305,6 +305,7 @@ func (v *volume) startWatchLocked() {
 // the top mount is no longer a FUSE mount.
 func (v *volume) watch() {
 	realTarget := v.d.realTarget(v.spec.target.RelPath())
+	openTarget := v.d.targetOpener(v.spec.target)
 	// A statfs blocked by a stopped server is waited for, never repeated:
 	// one blocked goroutine per volume at most.
 	var pending <-chan error
@@ -321,7 +322,7 @@ func (v *volume) watch() {
 		}
 		v.mountMu.Unlock()
 		if pending == nil {
-			pending = fusemount.StatfsAsync(realTarget)
+			pending = fusemount.StatfsAsync(openTarget)
 		}
 		var health fusemount.Health
 		select {
@@ -339,15 +340,15 @@ func (v *volume) watch() {
 			continue
 		}
 		v.mountMu.Lock()
-		top, err := fusemount.TopMount(realTarget)
+		top, err := fusemount.TopMount(realTarget, openTarget)
 		if v.stopped || err != nil || top == nil || !top.IsFUSE() {
 			v.watching = false
 			v.mountMu.Unlock()
 			return
 		}
 		// Checked again under mountMu: a reconnect may have stacked a new mount.
-		if h, _ := fusemount.Check(realTarget, time.Second); h == fusemount.Dead {
-			target, err := v.d.kubelet.OpenPathBeneath(v.spec.target.RelPath())
+		if h, _ := fusemount.Check(openTarget, time.Second); h == fusemount.Dead {
+			target, err := openTarget()
 			if err == nil {
 				err = fusemount.MountPlaceholder(target)
 				target.Close()

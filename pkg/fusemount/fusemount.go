@@ -200,14 +200,14 @@ func (u *Unmounter) UnmountAll(path string, open Opener) (int, error) {
 func (u *Unmounter) UnmountAllCounted(path string, open Opener) (removed, fuse int, err error) {
 	n, nfuse, changed := 0, 0, 0
 	for range maxStacked { // mounts can be stacked; bounded so a racing mounter cannot loop us
-		ms, err := MountsAt(path)
-		if err != nil {
-			return n, nfuse, fmt.Errorf("reading mount table: %w", err)
-		}
-		if len(ms) == 0 {
+		f, top, err := openTop(path, open)
+		if err == nil && top == nil {
 			return n, nfuse, nil
 		}
-		top, err := u.unmountTop(ms, open)
+		if err == nil {
+			err = u.detach(f, top)
+			f.Close()
+		}
 		switch {
 		case err == nil:
 			n++
@@ -228,39 +228,64 @@ func (u *Unmounter) UnmountAllCounted(path string, open Opener) (removed, fuse i
 
 var errChanged = errors.New("the path does not lead to a mount the mount table shows there (it changed while unmounting)")
 
-// unmountTop detaches the mount that open's handle is on, if it is one of ms.
-func (u *Unmounter) unmountTop(ms []MountEntry, open Opener) (MountEntry, error) {
+// openTop returns a handle on the mountpoint path (from open) and the mount
+// table's entry of the mount the handle is on, which is the topmost mount
+// at path. With nothing mounted at path both are nil. A handle on a mount
+// that the table does not show at path (the path was changed under the
+// driver) is errChanged. Every decision about "the mount at the target"
+// (its type, its connection, unmounting it) goes through here, so none
+// rests on a path resolved twice or on the table's order.
+func openTop(path string, open Opener) (*os.File, *MountEntry, error) {
+	ms, err := MountsAt(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading mount table: %w", err)
+	}
+	if len(ms) == 0 {
+		return nil, nil, nil
+	}
 	f, err := open()
 	if err != nil {
-		return MountEntry{}, fmt.Errorf("opening the mountpoint: %w", err)
+		return nil, nil, fmt.Errorf("opening the mountpoint: %w", err)
 	}
-	defer f.Close()
 	id, err := MountID(f)
 	if err != nil {
-		return MountEntry{}, err
+		f.Close()
+		return nil, nil, err
 	}
-	var top *MountEntry
 	for i := range ms {
 		if ms[i].ID == id {
-			top = &ms[i]
+			return f, &ms[i], nil
 		}
 	}
-	if top == nil {
-		return MountEntry{}, errChanged
+	f.Close()
+	return nil, nil, errChanged
+}
+
+// TopMount returns the topmost mount at path, or nil (see openTop).
+func TopMount(path string, open Opener) (*MountEntry, error) {
+	f, top, err := openTop(path, open)
+	if f != nil {
+		f.Close()
 	}
+	return top, err
+}
+
+// detach lazily unmounts the mount f is on (entry top), aborting its FUSE
+// connection.
+func (u *Unmounter) detach(f *os.File, top *MountEntry) error {
 	var abort *os.File
 	if top.IsFUSE() && u.FusectlDir != "" {
 		abort, _ = os.OpenFile(fmt.Sprintf("%s/%d/abort", u.FusectlDir, top.Minor), os.O_WRONLY, 0)
 	}
 	// The magic link names exactly the handle's mount root.
-	err = unix.Unmount("/proc/self/fd/"+strconv.Itoa(int(f.Fd())), unix.MNT_DETACH)
+	err := unix.Unmount("/proc/self/fd/"+strconv.Itoa(int(f.Fd())), unix.MNT_DETACH)
 	if abort != nil {
 		// Whatever still holds the detached superblock (a process blocked
 		// on a stopped server, an open file) is released now.
 		abort.Write([]byte("1"))
 		abort.Close()
 	}
-	return *top, err
+	return err
 }
 
 // MountID returns the ID of the mount f is on, from /proc/self/fdinfo: it
@@ -282,20 +307,18 @@ func MountID(f *os.File) (int, error) {
 	return 0, errors.New("no mnt_id in /proc/self/fdinfo (kernel older than 3.15?)")
 }
 
-// UnmountTopIf detaches the top mount at path if it is the mount with ID
-// id (the one just made), through open's handle.
-func (u *Unmounter) UnmountTopIf(path string, id int, open Opener) error {
-	ms, err := MountsAt(path)
-	if err != nil {
-		return fmt.Errorf("reading mount table: %w", err)
+// UnmountTopIf detaches the topmost mount at path if it is the mount with
+// ID id (the one just made), and says whether it did.
+func (u *Unmounter) UnmountTopIf(path string, id int, open Opener) (bool, error) {
+	f, top, err := openTop(path, open)
+	if err != nil || top == nil {
+		return false, err
 	}
-	for _, m := range ms {
-		if m.ID == id {
-			_, err := u.unmountTop([]MountEntry{m}, open)
-			return err
-		}
+	defer f.Close()
+	if top.ID != id {
+		return false, nil
 	}
-	return nil
+	return true, u.detach(f, top)
 }
 
 // EnsureFusectl returns the directory where the fusectl filesystem is
@@ -333,28 +356,35 @@ func (h Health) String() string {
 	return [...]string{"serving", "dead", "unresponsive"}[h]
 }
 
-// Check asks the FUSE server behind the mount at path for a statfs, and
-// gives up waiting after timeout. A dead connection answers at once with
-// ENOTCONN without involving any server. The statfs of an unresponsive
-// server stays blocked in its goroutine until the server answers or the
-// connection is aborted (which an unpublish does).
-func Check(path string, timeout time.Duration) (Health, error) {
+// Check asks the FUSE server behind the mount open's handle is on for a
+// statfs, and gives up waiting after timeout. A dead connection answers at
+// once with ENOTCONN without involving any server. The statfs of an
+// unresponsive server stays blocked in its goroutine until the server
+// answers or the connection is aborted (which an unpublish does).
+func Check(open Opener, timeout time.Duration) (Health, error) {
 	select {
-	case err := <-StatfsAsync(path):
+	case err := <-StatfsAsync(open):
 		return Classify(err)
 	case <-time.After(timeout):
 		return Unresponsive, nil
 	}
 }
 
-// StatfsAsync runs statfs(path) in a goroutine and delivers its error, so a
-// caller that must not block can wait for it, or keep the channel and not
-// start another while a stopped server holds the first.
-func StatfsAsync(path string) <-chan error {
+// StatfsAsync runs fstatfs on a handle from open in a goroutine and
+// delivers its error, so a caller that must not block can wait for it, or
+// keep the channel and not start another while a stopped server holds the
+// first. Opening the O_PATH handle asks nothing of the FUSE server.
+func StatfsAsync(open Opener) <-chan error {
 	done := make(chan error, 1)
 	go func() {
+		f, err := open()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer f.Close()
 		var st unix.Statfs_t
-		done <- unix.Statfs(path, &st)
+		done <- unix.Fstatfs(int(f.Fd()), &st)
 	}()
 	return done
 }
@@ -377,23 +407,24 @@ func Classify(err error) (Health, error) {
 // app containers' binds of this one do see. It falls back to UnmountAll when
 // fusectl is not available. It reports whether there was a FUSE mount.
 func (u *Unmounter) Abort(path string, open Opener) (bool, error) {
-	ms, err := MountsAt(path)
-	if err != nil {
-		return false, fmt.Errorf("reading mount table: %w", err)
+	f, top, err := openTop(path, open)
+	if err != nil || top == nil {
+		return false, err
 	}
-	if len(ms) == 0 || !ms[len(ms)-1].IsFUSE() {
+	defer f.Close()
+	if !top.IsFUSE() {
 		return false, nil
 	}
 	if u.FusectlDir == "" {
 		_, err := u.UnmountAll(path, open)
 		return true, err
 	}
-	f, err := os.OpenFile(fmt.Sprintf("%s/%d/abort", u.FusectlDir, ms[len(ms)-1].Minor), os.O_WRONLY, 0)
+	a, err := os.OpenFile(fmt.Sprintf("%s/%d/abort", u.FusectlDir, top.Minor), os.O_WRONLY, 0)
 	if err != nil {
 		return true, fmt.Errorf("aborting the FUSE connection: %w", err)
 	}
-	defer f.Close()
-	if _, err := f.Write([]byte("1")); err != nil {
+	defer a.Close()
+	if _, err := a.Write([]byte("1")); err != nil {
 		return true, fmt.Errorf("aborting the FUSE connection: %w", err)
 	}
 	return true, nil
@@ -414,13 +445,4 @@ func MountPlaceholder(target *os.File) error {
 		return fmt.Errorf("mounting the placeholder: %w", err)
 	}
 	return nil
-}
-
-// TopMount returns the topmost mount at path, or nil.
-func TopMount(path string) (*MountEntry, error) {
-	ms, err := MountsAt(path)
-	if err != nil || len(ms) == 0 {
-		return nil, err
-	}
-	return &ms[len(ms)-1], nil
 }

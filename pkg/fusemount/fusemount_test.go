@@ -130,8 +130,8 @@ func TestUnmountAllThroughHandle(t *testing.T) {
 	if n, err := u.UnmountAll(target, openPath(target)); err != nil || n != 2 {
 		t.Fatalf("UnmountAll = %d, %v; want 2", n, err)
 	}
-	if err := u.UnmountTopIf(elsewhere, -1, openPath(elsewhere)); err != nil {
-		t.Fatal(err)
+	if done, err := u.UnmountTopIf(elsewhere, -1, openPath(elsewhere)); err != nil || done {
+		t.Fatalf("UnmountTopIf with another ID: %v, %v", done, err)
 	}
 	if ms, _ := MountsAt(elsewhere); len(ms) != 1 {
 		t.Fatalf("UnmountTopIf with another ID unmounted: %+v", ms)
