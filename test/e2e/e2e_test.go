@@ -11,16 +11,16 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pfnet-research/meta-fuse-csi-plugin/test/harness"
 )
 
 const (
@@ -315,24 +315,12 @@ func TestMetricsScrape(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("kubectl port-forward did not start")
 	}
-	var body []byte
+	var values map[string]float64
 	waitFor(t, time.Minute, "a scrape of /metrics", func() bool {
-		resp, err := http.Get("http://" + addr + "/metrics")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		body, err = io.ReadAll(resp.Body)
-		return err == nil && resp.StatusCode == http.StatusOK
+		var err error
+		values, err = harness.ScrapeMetrics(addr)
+		return err == nil
 	})
-	values := map[string]float64{}
-	for _, l := range strings.Split(string(body), "\n") {
-		if i := strings.LastIndexByte(l, ' '); i > 0 && !strings.HasPrefix(l, "#") {
-			if v, err := strconv.ParseFloat(l[i+1:], 64); err == nil {
-				values[l[:i]] = v
-			}
-		}
-	}
 	for _, k := range []string{`mfcp_fd_handovers_total{result="ok"}`, `mfcp_node_publish_duration_seconds_count{code="OK"}`, "mfcp_active_mounts", "mfcp_volumes_published"} {
 		if values[k] < 1 {
 			t.Errorf("%s = %v, want >= 1 with a served pod", k, values[k])

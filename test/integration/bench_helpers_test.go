@@ -1,11 +1,7 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
-	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -230,31 +226,6 @@ func stopSelf(b testing.TB, p *benchProc, mnt string) {
 	p.wait(b, 10*time.Second)
 }
 
-// procStatus returns a field of /proc/<pid>/status in kB (VmRSS) or as a number (Threads).
-func procStatus(pid int, field string) (int, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			fs := strings.Fields(v)
-			if len(fs) == 0 {
-				break
-			}
-			return strconv.Atoi(fs[0])
-		}
-	}
-	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
-}
-
-func fdCount(pid int) (int, error) {
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	return len(ents), err
-}
-
 // mountCount counts the mount table's entries (the driver runs in the host's
 // mount namespace, as the test process does).
 func mountCount(b testing.TB) int {
@@ -264,38 +235,6 @@ func mountCount(b testing.TB) int {
 		b.Fatal(err)
 	}
 	return bytes.Count(data, []byte{'\n'})
-}
-
-// driverFlag reports whether the driver binary knows a command-line flag
-// (from its -help output).
-func driverFlag(b testing.TB, bin, flag string) bool {
-	b.Helper()
-	out, _ := exec.Command(bin, "-help").CombinedOutput()
-	return bytes.Contains(out, []byte("-"+flag+" ")) || bytes.Contains(out, []byte("-"+flag+"\n"))
-}
-
-// scrapeGauge reads one unlabelled sample from a Prometheus text endpoint.
-func scrapeGauge(url, name string) (float64, error) {
-	// No keep-alive: an idle connection would count as one of the driver's fds.
-	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get(url)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return 0, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
-		}
-	}
-	return 0, fmt.Errorf("no %s in %s", name, url)
 }
 
 // mountOptionsOf returns the per-mount and the super options of a mountinfo

@@ -3,62 +3,37 @@ package integration
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/moby/sys/mountinfo"
-	"golang.org/x/sys/unix"
 
 	"github.com/pfnet-research/meta-fuse-csi-plugin/pkg/starter"
 	"github.com/pfnet-research/meta-fuse-csi-plugin/test/harness"
 )
 
-// helloRoot is a one-file in-memory file system: hello.txt.
-type helloRoot struct{ fs.Inode }
-
 const helloContent = "hello from an in-process go-fuse server\n"
-
-func (r *helloRoot) OnAdd(ctx context.Context) {
-	ch := r.NewPersistentInode(ctx, &fs.MemRegularFile{Data: []byte(helloContent), Attr: fuse.Attr{Mode: 0o644}}, fs.StableAttr{Ino: 2})
-	r.AddChild("hello.txt", ch, false)
-}
-
-func (r *helloRoot) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = 0o755
-	return 0
-}
-
-var (
-	_ = (fs.NodeOnAdder)((*helloRoot)(nil))
-	_ = (fs.NodeGetattrer)((*helloRoot)(nil))
-)
 
 // driverSample is what the scale benchmark reads about the driver process.
 type driverSample struct {
 	rssKiB, hwmKiB, fds, threads int
-	goroutines                   int // -1: not measured (no --metrics-address)
+	goroutines                   int // from the driver's --metrics-address
 	mounts                       int // the whole mount table (other processes' mounts too)
 	mountsUnder                  int // mounts below the kubelet directory: the driver's
 }
 
 func (s driverSample) String() string {
-	g := "not measured"
-	if s.goroutines >= 0 {
-		g = fmt.Sprint(s.goroutines)
-	}
-	return fmt.Sprintf("VmRSS %.1f MiB, fds %d, threads %d, goroutines %s, mounts %d (%d under the kubelet dir)",
-		float64(s.rssKiB)/1024, s.fds, s.threads, g, s.mounts, s.mountsUnder)
+	return fmt.Sprintf("VmRSS %.1f MiB, fds %d, threads %d, goroutines %d, mounts %d (%d under the kubelet dir)",
+		float64(s.rssKiB)/1024, s.fds, s.threads, s.goroutines, s.mounts, s.mountsUnder)
 }
 
 // inProcessVolume is a published volume served by a go-fuse server in the
 // benchmark process on the fd the driver passed.
 type inProcessVolume struct {
-	v      *volume
-	server *fuse.Server
+	v          *volume
+	serverDone <-chan struct{}
 }
 
 // BenchmarkScale publishes MFCP_BENCH_VOLUMES (default 500) volumes on one
@@ -72,7 +47,7 @@ type inProcessVolume struct {
 // NodePublishVolume call, with all earlier volumes served), the time from
 // connecting to the first stat answered, how many volumes read back
 // correctly, the driver's VmRSS, fds, threads, goroutines (from
-// --metrics-address when the driver has it) and the mount table with all
+// --metrics-address) and the mount table with all
 // volumes served, then unpublishes all and waits (up to 30 s) until fds,
 // goroutines and mounts are back at the baseline taken after one warm-up
 // volume.
@@ -85,37 +60,32 @@ func BenchmarkScale(b *testing.B) {
 	staticBuilds(b)
 	bins := harness.Binaries(b)
 	k := harness.NewKubelet(b)
-	args := []string{"-v=2"}
-	metricsURL := ""
-	if driverFlag(b, bins.Driver, "metrics-address") {
-		addr := harness.FreeAddr(b)
-		args = append(args, "--metrics-address", addr)
-		metricsURL = "http://" + addr + "/metrics"
-	} else {
-		b.Logf("the driver has no --metrics-address: goroutines not measured")
-	}
-	e := &env{bins: bins, k: k, d: harness.StartDriver(b, k, bins, args...)}
+	metricsAddr := harness.FreeAddr(b)
+	e := &env{bins: bins, k: k, d: harness.StartDriver(b, k, bins, "-v=2", "--metrics-address", metricsAddr)}
 	pid := e.d.Pid()
 
 	sample := func() driverSample {
 		var s driverSample
 		var err error
-		if s.rssKiB, err = procStatus(pid, "VmRSS"); err != nil {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
 			b.Fatal(err)
 		}
-		s.hwmKiB, _ = procStatus(pid, "VmHWM")
-		s.threads, _ = procStatus(pid, "Threads")
-		if s.fds, err = fdCount(pid); err != nil {
+		for _, f := range []struct {
+			name string
+			to   *int
+		}{{"VmRSS", &s.rssKiB}, {"VmHWM", &s.hwmKiB}, {"Threads", &s.threads}} {
+			n, _ := harness.StatusField(status, f.name)
+			*f.to = int(n)
+		}
+		if s.fds, err = harness.FDCount(pid); err != nil {
 			b.Fatal(err)
 		}
-		s.goroutines = -1
-		if metricsURL != "" {
-			g, err := scrapeGauge(metricsURL, "go_goroutines")
-			if err != nil {
-				b.Fatalf("scraping the driver's metrics: %v", err)
-			}
-			s.goroutines = int(g)
+		m, err := harness.ScrapeMetrics(metricsAddr)
+		if err != nil {
+			b.Fatalf("scraping the driver's metrics: %v", err)
 		}
+		s.goroutines = int(m["go_goroutines"])
 		s.mounts = mountCount(b)
 		under, err := k.MountsUnder()
 		if err != nil {
@@ -145,30 +115,18 @@ func BenchmarkScale(b *testing.B) {
 		if err != nil {
 			b.Fatalf("volume %d: receiving the fd: %v", i, err)
 		}
-		// go-fuse takes the fd number and closes it when it stops serving.
-		fd, err := unix.FcntlInt(dev.Fd(), unix.F_DUPFD_CLOEXEC, 3)
-		dev.Close()
+		done, err := harness.ServeInProcess(dev, "hello.txt", helloContent)
 		if err != nil {
-			b.Fatal(err)
-		}
-		srv, err := fs.Mount(fmt.Sprintf("/dev/fd/%d", fd), &helloRoot{}, &fs.Options{MountOptions: fuse.MountOptions{Name: "bench"}})
-		if err != nil {
-			unix.Close(fd)
 			b.Fatalf("volume %d: serving the fd: %v", i, err)
 		}
 		waitStat(b, filepath.Join(v.target, "hello.txt"), nil)
 		serveLat = append(serveLat, time.Since(start))
-		return &inProcessVolume{v: v, server: srv}
+		return &inProcessVolume{v: v, serverDone: done}
 	}
 	stop := func(iv *inProcessVolume) {
 		unpublishLat = append(unpublishLat, e.unpublish(b, iv.v))
-		done := make(chan struct{})
-		go func() {
-			iv.server.Wait()
-			close(done)
-		}()
 		select {
-		case <-done:
+		case <-iv.serverDone:
 		case <-time.After(waitLimit):
 			b.Fatalf("the go-fuse server of %s did not stop after unpublish", iv.v.target)
 		}
@@ -260,9 +218,6 @@ func BenchmarkScale(b *testing.B) {
 		{"goroutines", base.goroutines, peak.goroutines, after.goroutines},
 		{"mounts", base.mountsUnder, peak.mountsUnder, after.mountsUnder},
 	} {
-		if m.base < 0 {
-			continue // not measured
-		}
 		b.ReportMetric(float64(m.base), m.name+"-base")
 		b.ReportMetric(float64(m.peak), m.name+"-served")
 		b.ReportMetric(float64(m.post), m.name+"-after")

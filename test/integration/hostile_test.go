@@ -46,6 +46,7 @@ import (
 	"unsafe"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -346,21 +347,11 @@ func driverFDsBack(t *testing.T, pid int, base map[string]string) (knownLeak []s
 // procStatusKB reads a "<field>:  N kB" line of /proc/<pid>/status.
 func procStatusKB(t *testing.T, pid int, field string) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	n, err := harness.ProcStatus(pid, field)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(l, field+":"); ok {
-			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				t.Fatalf("parsing %q: %v", l, err)
-			}
-			return n
-		}
-	}
-	t.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
+	return n
 }
 
 // mountEntry is one line of /proc/self/mountinfo.
@@ -373,41 +364,16 @@ type mountEntry struct {
 
 func readMountinfo(t *testing.T) []mountEntry {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	infos, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []mountEntry
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		for i, x := range f {
-			if x == "-" && i+3 < len(f) && len(f) > 5 {
-				out = append(out, mountEntry{id: f[0], mountpoint: unescapeMountinfo(f[4]), opts: f[5],
-					fstype: f[i+1], source: unescapeMountinfo(f[i+2]), superOpts: f[i+3]})
-				break
-			}
-		}
+	out := make([]mountEntry, 0, len(infos))
+	for _, m := range infos {
+		out = append(out, mountEntry{id: strconv.Itoa(m.ID), mountpoint: m.Mountpoint, opts: m.Options,
+			fstype: m.FSType, source: m.Source, superOpts: m.VFSOptions})
 	}
 	return out
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) of mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // fuseMountsAt lists the FUSE mounts at target, bottom first.

@@ -1,15 +1,10 @@
 package integration
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -267,50 +262,25 @@ func TestPendingTimeout(t *testing.T) {
 	requireStateEmpty(t, e.k)
 }
 
-// scrape reads the driver's /metrics into name{labels} → value.
+// scrape reads the driver's /metrics, waiting for the endpoint to answer.
 func scrape(t testing.TB, addr string) map[string]float64 {
 	t.Helper()
-	var resp *http.Response
 	var err error
 	for range 100 {
-		if resp, err = http.Get("http://" + addr + "/metrics"); err == nil {
-			break
+		var m map[string]float64
+		if m, err = harness.ScrapeMetrics(addr); err == nil {
+			return m
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err != nil {
-		t.Fatalf("scraping metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(io.LimitReader(resp.Body, 4<<20))
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") || line == "" {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if f, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = f
-		}
-	}
-	return out
-}
-
-func freeTCPAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatalf("scraping metrics: %v", err)
+	return nil
 }
 
 // The metrics follow a publish, a handover, a refused second server, a
 // sidecar crash and recovery, and an unpublish.
 func TestMetrics(t *testing.T) {
-	addr := freeTCPAddr(t)
+	addr := harness.FreeAddr(t)
 	e := setup(t, "--metrics-address="+addr)
 	m := scrape(t, addr)
 	if m["mfcp_volumes_published"] != 0 || m["go_goroutines"] == 0 {

@@ -19,11 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -36,8 +32,6 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/hanwen/go-fuse/v2/fs"
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
@@ -74,7 +68,7 @@ type soak struct {
 	d       *harness.Driver
 	bins    *harness.Bins
 	backing string // the loopback server's backing directory (starter cycles)
-	// metricsAddr is the driver's --metrics-address, "" when it has no such flag.
+	// metricsAddr is the driver's --metrics-address (goroutines are read there).
 	metricsAddr string
 	stateDir    string
 	fusectl     string // where fusectl is mounted, "" if nowhere
@@ -122,17 +116,9 @@ func TestSoak(t *testing.T) {
 
 	// -v=2: failed CSI calls are logged, not every call (the harness's -v=5
 	// would write every request of 10,000 cycles).
-	args := []string{"-v=2"}
-	if hasMetricsFlag(t, bins.Driver) {
-		s.metricsAddr = harness.FreeAddr(t)
-		args = append(args, "--metrics-address", s.metricsAddr)
-	} else {
-		t.Logf("goroutines: not measured (no --metrics-address)")
-	}
-	s.d = harness.StartDriver(t, s.k, bins, args...)
-	if s.metricsAddr != "" {
-		s.waitMetrics()
-	}
+	s.metricsAddr = harness.FreeAddr(t)
+	s.d = harness.StartDriver(t, s.k, bins, "-v=2", "--metrics-address", s.metricsAddr)
+	s.waitMetrics()
 	s.fusectl = fusectlMount()
 
 	s.backing = harness.NewDir(t, 0o755)
@@ -174,7 +160,7 @@ func TestSoak(t *testing.T) {
 				durations[i] = time.Since(cs)
 				if i == cycles/10 {
 					if st, err := os.ReadFile("/proc/" + strconv.Itoa(s.d.Pid()) + "/status"); err == nil {
-						rssTenth.Store(int64(statusField(st, "VmRSS:")))
+						rssTenth.Store(int64(statusField(st, "VmRSS")))
 					}
 				}
 				if err != nil {
@@ -342,7 +328,7 @@ func (s *soak) serveInProcess(ct *cycleT, emptyDir, target string, i int) (func(
 		return nil, fmt.Errorf("receiving the /dev/fuse fd: %w", err)
 	}
 	content := fmt.Sprintf("soak cycle %d\n", i)
-	srv, err := startServer(dev, content)
+	srvDone, err := harness.ServeInProcess(dev, fileName, content)
 	if err != nil {
 		return nil, err
 	}
@@ -351,7 +337,7 @@ func (s *soak) serveInProcess(ct *cycleT, emptyDir, target string, i int) (func(
 		// Only matters when the cycle failed before the server ended: end
 		// its connection so that its goroutines return.
 		select {
-		case <-srv.done:
+		case <-srvDone:
 			return
 		default:
 		}
@@ -360,7 +346,7 @@ func (s *soak) serveInProcess(ct *cycleT, emptyDir, target string, i int) (func(
 			abortConn(s.fusectl, connID) // one already detached
 		}
 		select {
-		case <-srv.done:
+		case <-srvDone:
 		case <-time.After(waitLimit):
 			ct.Errorf("cleanup: the in-process FUSE server did not end even after its connection %s was aborted", connID)
 		}
@@ -380,7 +366,7 @@ func (s *soak) serveInProcess(ct *cycleT, emptyDir, target string, i int) (func(
 	}
 	return func() error {
 		select {
-		case <-srv.done:
+		case <-srvDone:
 			return nil
 		case <-time.After(waitLimit):
 			return fmt.Errorf("the in-process FUSE server (connection %s) still serves %v after NodeUnpublishVolume: the connection was not aborted", connID, waitLimit)
@@ -504,51 +490,6 @@ func removePodDirs(pod *harness.Pod) error {
 		}
 	}
 	return nil
-}
-
-// server is an in-process FUSE server on a received /dev/fuse fd.
-type server struct {
-	done chan struct{} // closed when Serve returned (its goroutines ended, the fd closed)
-}
-
-// helloRoot is a read-only directory with one file.
-type helloRoot struct {
-	fs.Inode
-	content string
-}
-
-func (r *helloRoot) OnAdd(ctx context.Context) {
-	f := r.NewPersistentInode(ctx, &fs.MemRegularFile{Data: []byte(r.content), Attr: fuse.Attr{Mode: 0o444}}, fs.StableAttr{Ino: 2})
-	r.AddChild(fileName, f, false)
-}
-
-var quietLogger = log.New(io.Discard, "", 0)
-
-// startServer serves dev with go-fuse. go-fuse takes an already mounted fd as
-// the mountpoint "/dev/fd/N" and owns it from then on (it closes it when
-// Serve ends), so it gets a duplicate and dev is closed here.
-func startServer(dev *os.File, content string) (*server, error) {
-	fd, err := unix.FcntlInt(dev.Fd(), unix.F_DUPFD_CLOEXEC, 3)
-	dev.Close()
-	if err != nil {
-		return nil, fmt.Errorf("dup of the /dev/fuse fd: %w", err)
-	}
-	opts := &fs.Options{Logger: quietLogger}
-	opts.MountOptions.Logger = quietLogger // "Failed to read from fuse conn" once the connection is aborted
-	// go-fuse keeps a process-wide pool of splice pipes and a /dev/null fd
-	// once it spliced; without splicing the soak process's own fd count
-	// stays exact.
-	opts.MountOptions.DisableSplice = true
-	srv, err := fuse.NewServer(fs.NewNodeFS(&helloRoot{content: content}, opts), "/dev/fd/"+strconv.Itoa(fd), &opts.MountOptions)
-	if err != nil { // go-fuse closed fd
-		return nil, fmt.Errorf("go-fuse on the received fd: %w", err)
-	}
-	s := &server{done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		srv.Serve()
-	}()
-	return s, nil
 }
 
 // abortConn ends a FUSE connection through fusectl; one already gone is fine.
@@ -739,14 +680,11 @@ func (s *soak) snapshot() (counters, error) {
 	if err != nil {
 		return c, err
 	}
-	c.driverThreads = statusField(status, "Threads:")
-	c.driverRSSKiB = statusField(status, "VmRSS:")
+	c.driverThreads = statusField(status, "Threads")
+	c.driverRSSKiB = statusField(status, "VmRSS")
 	c.driverCPU = cpuTime(procDir)
-	c.driverGoroutine = -1
-	if s.metricsAddr != "" {
-		if c.driverGoroutine, err = scrapeGoroutines(s.metricsAddr); err != nil {
-			return c, err
-		}
+	if c.driverGoroutine, err = scrapeGoroutines(s.metricsAddr); err != nil {
+		return c, err
 	}
 
 	ms, err := mountinfo.GetMounts(nil)
@@ -994,10 +932,7 @@ func (s *soak) sample(pk *peaks, stop <-chan struct{}, done chan<- struct{}) {
 		if err != nil {
 			continue
 		}
-		g := -1
-		if s.metricsAddr != "" {
-			g, _ = scrapeGoroutines(s.metricsAddr)
-		}
+		g, _ := scrapeGoroutines(s.metricsAddr)
 		n := 0
 		for _, c := range kinds {
 			n += c
@@ -1006,8 +941,8 @@ func (s *soak) sample(pk *peaks, stop <-chan struct{}, done chan<- struct{}) {
 		pk.samples++
 		pk.fds = max(pk.fds, n)
 		pk.sockFDs = max(pk.sockFDs, kinds["socket"])
-		pk.threads = max(pk.threads, statusField(status, "Threads:"))
-		pk.rss = max(pk.rss, statusField(status, "VmRSS:"))
+		pk.threads = max(pk.threads, statusField(status, "Threads"))
+		pk.rss = max(pk.rss, statusField(status, "VmRSS"))
 		pk.gorouts = max(pk.gorouts, g)
 		pk.mu.Unlock()
 	}
@@ -1095,14 +1030,9 @@ func cpuTime(procDir string) time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
-func statusField(status []byte, key string) int {
-	for _, line := range strings.Split(string(status), "\n") {
-		if v, ok := strings.CutPrefix(line, key); ok {
-			if f := strings.Fields(v); len(f) > 0 {
-				n, _ := strconv.Atoi(f[0])
-				return n
-			}
-		}
+func statusField(status []byte, field string) int {
+	if n, ok := harness.StatusField(status, field); ok {
+		return int(n)
 	}
 	return -1
 }
@@ -1136,17 +1066,6 @@ func fusectlMount() string {
 	return ms[0].Mountpoint
 }
 
-// hasMetricsFlag reports whether the driver knows --metrics-address (from
-// its -help output).
-func hasMetricsFlag(t *testing.T, driver string) bool {
-	t.Helper()
-	out, err := exec.Command(driver, "-help").CombinedOutput()
-	if err != nil && !bytes.Contains(out, []byte("Usage")) {
-		t.Fatalf("%s -help: %v\n%s", driver, err, out)
-	}
-	return bytes.Contains(out, []byte("-metrics-address"))
-}
-
 // waitMetrics waits until the driver's metrics endpoint answers.
 func (s *soak) waitMetrics() {
 	s.t.Helper()
@@ -1163,32 +1082,15 @@ func (s *soak) waitMetrics() {
 	}
 }
 
-// scrapeGoroutines reads go_goroutines from the driver's /metrics, on a
-// connection that is closed afterwards (so that it does not count as an fd).
+// scrapeGoroutines reads go_goroutines from the driver's /metrics.
 func scrapeGoroutines(addr string) (int, error) {
-	tr := &http.Transport{DisableKeepAlives: true}
-	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + addr + "/metrics")
+	m, err := harness.ScrapeMetrics(addr)
 	if err != nil {
 		return 0, err
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, err
+	g, ok := m["go_goroutines"]
+	if !ok {
+		return 0, errors.New("no go_goroutines in /metrics")
 	}
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("GET /metrics: %s", resp.Status)
-	}
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				return 0, fmt.Errorf("go_goroutines %q: %w", v, err)
-			}
-			return int(f), nil
-		}
-	}
-	return 0, errors.New("no go_goroutines in /metrics")
+	return int(g), nil
 }
