@@ -39,9 +39,7 @@ var quietLogger = log.New(io.Discard, "", 0)
 // it stops). The channel is closed once the server has stopped, which it
 // does when the connection ends (an unpublish aborts it).
 //
-// Reads through such a mount must not go through Go's poller from the same
-// process (an open makes the kernel send POLL, which nothing answers when
-// the server's goroutines cannot run): use plain unix.Open/unix.Read.
+// Read such a mount from the same process with ReadFileDirect.
 func ServeInProcess(dev *os.File, name, content string) (<-chan struct{}, error) {
 	fd, err := unix.FcntlInt(dev.Fd(), unix.F_DUPFD_CLOEXEC, 3)
 	dev.Close()
@@ -63,4 +61,34 @@ func ServeInProcess(dev *os.File, name, content string) (<-chan struct{}, error)
 		srv.Serve()
 	}()
 	return done, nil
+}
+
+// ReadFileDirect reads a whole small file with plain open(2) and read(2),
+// never through Go's poller: the way to read a file served by
+// ServeInProcess from the same process. (Through the poller, an open makes
+// the kernel ask the FUSE server for a POLL while holding the epoll
+// instance's mutex and the thread's P; with GOMAXPROCS=2 and a second thread
+// queued on that mutex, the server's goroutines never run to answer.
+// go-fuse's own "poll hack" is skipped for /dev/fd/N mountpoints.)
+func ReadFileDirect(path string) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	var out []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			return out, nil
+		}
+		out = append(out, buf[:n]...)
+	}
 }

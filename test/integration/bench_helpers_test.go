@@ -334,28 +334,10 @@ func dropCache(b testing.TB, path string) {
 	}
 }
 
-// readSmall returns the content of a small file.
+// readSmall returns the content of a small file (see harness.ReadFileDirect).
 func readSmall(path string) (string, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return "", err
-	}
-	defer unix.Close(fd)
-	var out []byte
-	buf := make([]byte, 4096)
-	for {
-		k, err := unix.Read(fd, buf)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return "", err
-		}
-		if k == 0 {
-			return string(out), nil
-		}
-		out = append(out, buf[:k]...)
-	}
+	b, err := harness.ReadFileDirect(path)
+	return string(b), err
 }
 
 // writeAll creates path and writes size bytes in blocks of bs (dd

@@ -357,7 +357,7 @@ func (s *soak) serveInProcess(ct *cycleT, emptyDir, target string, i int) (func(
 		return nil, fmt.Errorf("stat of the target: %w", err)
 	}
 	connID = strconv.FormatUint(uint64(unix.Major(st.Dev))<<20|uint64(unix.Minor(st.Dev)), 10)
-	got, err := readFile(filepath.Join(target, fileName))
+	got, err := harness.ReadFileDirect(filepath.Join(target, fileName))
 	if err != nil {
 		return nil, fmt.Errorf("reading through the target: %w", err)
 	}
@@ -391,7 +391,7 @@ func (s *soak) serveWithStarter(ct *cycleT, pod *harness.Pod, target string) (fu
 			return nil, fmt.Errorf("fuse-starter exited before serving:\n%s", sidecar.Output())
 		}
 		// Until the driver mounted, the target is an empty directory.
-		b, err := readFile(filepath.Join(target, fileName))
+		b, err := harness.ReadFileDirect(filepath.Join(target, fileName))
 		if err == nil {
 			if string(b) != want {
 				return nil, fmt.Errorf("read %q through the target, want %q", b, want)
@@ -428,37 +428,6 @@ func (s *soak) unpublish(pod *harness.Pod) error {
 	defer cancel()
 	_, err := s.d.Node.NodeUnpublishVolume(ctx, pod.UnpublishRequest(volName))
 	return err
-}
-
-// readFile reads a file with plain syscalls. Never os.Open a file of a
-// mount this process serves: os.Open registers the fd with the Go runtime's
-// epoll, the kernel then asks the FUSE server for a POLL while holding the
-// epoll instance's mutex, and the thread does so holding its P (the runtime
-// does not see it as a syscall). With a second thread queued on that mutex,
-// both of GOMAXPROCS=2 Ps are taken and the in-process server's goroutines,
-// runnable, never run to answer: a deadlock (go-fuse's WaitMount avoids it
-// with a "poll hack", which it skips for /dev/fd/N mountpoints).
-func readFile(path string) ([]byte, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	defer unix.Close(fd)
-	var out []byte
-	buf := make([]byte, 4096)
-	for {
-		n, err := unix.Read(fd, buf)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, &os.PathError{Op: "read", Path: path, Err: err}
-		}
-		if n == 0 {
-			return out, nil
-		}
-		out = append(out, buf[:n]...)
-	}
 }
 
 // removePodDirs removes the pod's directories as kubelet does once the
