@@ -17,9 +17,9 @@ package integration
 // checks that nothing outside ever changes or gets mounted (inotify, a
 // snapshot and the mount table).
 //
-// Two driver bugs these tests found, both fixed, are described in bugFDLeak
-// and bugUnmountPath; should either come back, the test fails with its
-// description (knownBugs).
+// Two driver bugs these tests found are fixed (docs/security.md): unpublish
+// unmounting by a path whose parents the pod can swap, and a dir fd leaked
+// per publish; the race tests fail should either come back.
 
 import (
 	"bytes"
@@ -33,7 +33,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"sort"
 	"strconv"
@@ -280,64 +279,6 @@ func waitDriverFDs(t *testing.T, pid int, base map[string]string) {
 				}
 			}
 			sort.Strings(extra)
-			t.Fatalf("the driver holds %d fds, %d before; new: %s", len(cur), len(base), strings.Join(extra, ", "))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// The driver bugs these tests found, fixed since (see knownBugs).
-const (
-	bugFDLeak = "NodePublishVolume leaks an fd on the target's parent directory (pods/<uid>/volumes/kubernetes.io~csi/<volume>) " +
-		"each time it creates a target: makeTarget (pkg/csidriver/node.go) does `defer vols.Close()`, which binds the first handle " +
-		"(the pod's volumes dir, already closed in the loop) and never closes the last one; the fd stays open until the garbage " +
-		"collector finalizes the *os.File. Fix: `defer func() { vols.Close() }()`. Leaked here: %s"
-	bugUnmountPath = "NodeUnpublishVolume unmounts by path: fusemount.(*Unmounter).UnmountAllCounted reads the mount table, then calls " +
-		"umount2(<kubelet>/pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount, MNT_DETACH|UMOUNT_NOFOLLOW), which follows symlinks in " +
-		"every component but the last; with kubernetes.io~csi swapped for a symlink in between, it detached a mount outside the " +
-		"kubelet directory (%s). Fix: open the target with safefs OpenPathBeneath (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), " +
-		"check its mount ID (statx STATX_MNT_ID) against the mountinfo entry, and umount2(\"/proc/self/fd/<fd>\", MNT_DETACH); " +
-		"likewise for the unmount after a failed handover in volume.go"
-)
-
-// knownBugs fails a test that saw one of the driver bugs above come back.
-func knownBugs(t *testing.T, bugs []string) {
-	t.Helper()
-	if len(bugs) > 0 {
-		t.Fatal("a fixed driver bug is back:\n" + strings.Join(bugs, "\n"))
-	}
-}
-
-// csiParentDir matches what the fd leaked by makeTarget points at.
-var csiParentDir = regexp.MustCompile(`/volumes/kubernetes\.io~csi/[^/]+$`)
-
-// driverFDsBack waits until the driver holds no more fds than base. Extra
-// fds that are all the makeTarget leak (bugFDLeak, fixed) are returned after
-// a short wait (such fds close only when the driver's garbage collector
-// runs); any other extra fd fails the test after waitLimit.
-func driverFDsBack(t *testing.T, pid int, base map[string]string) (knownLeak []string) {
-	t.Helper()
-	start := time.Now()
-	for {
-		cur := driverFDs(t, pid)
-		if len(cur) <= len(base) {
-			return nil
-		}
-		var extra, unknown []string
-		for fd, l := range cur {
-			if base[fd] == l {
-				continue
-			}
-			extra = append(extra, fd+" -> "+l)
-			if !csiParentDir.MatchString(l) {
-				unknown = append(unknown, fd+" -> "+l)
-			}
-		}
-		sort.Strings(extra)
-		if len(unknown) == 0 && time.Since(start) > 2*time.Second {
-			return extra
-		}
-		if time.Since(start) > waitLimit {
 			t.Fatalf("the driver holds %d fds, %d before; new: %s", len(cur), len(base), strings.Join(extra, ", "))
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -1311,10 +1252,7 @@ func raceEmptyDir(t *testing.T, e *env) {
 		t.Errorf("the race changed files outside the kubelet dir:\n%s", d)
 	}
 	requireNothingMounted(t, e.k)
-	var bugs []string
-	if leak := driverFDsBack(t, pid, fds); len(leak) > 0 {
-		bugs = append(bugs, fmt.Sprintf(bugFDLeak, strings.Join(leak, ", ")))
-	}
+	waitDriverFDs(t, pid, fds) // makeTarget once leaked a dir fd per publish
 
 	// With the racing over, the volume publishes and serves as ever.
 	var st unix.Stat_t
@@ -1326,7 +1264,6 @@ func raceEmptyDir(t *testing.T, e *env) {
 	waitServed(t, v.target, "hello.txt", sidecar)
 	e.unpublish(t, v)
 	requireNothingMounted(t, e.k)
-	knownBugs(t, bugs)
 }
 
 func raceTarget(t *testing.T, e *env) {
@@ -1340,7 +1277,7 @@ func raceTarget(t *testing.T, e *env) {
 	var (
 		victimID string
 		w        *inotifyWatch
-		detached int // times the driver detached the tmpfs (bugUnmountPath)
+		detached int // times the driver detached the tmpfs (the fixed unmount-by-path bug)
 	)
 	mountVictim := func() {
 		t.Helper()
@@ -1471,13 +1408,12 @@ func raceTarget(t *testing.T, e *env) {
 		t.Errorf("unpublish after the race: %v", err)
 	}
 	requireNothingMounted(t, e.k)
-	var bugs []string
 	if detached > 0 {
-		bugs = append(bugs, fmt.Sprintf(bugUnmountPath, fmt.Sprintf("a tmpfs at %s, %d times in %d rounds", victimMount, detached, n)))
+		// Unpublish must unmount through a handle checked against the mount
+		// table, never by a path whose parents the pod can swap.
+		t.Errorf("the driver detached a tmpfs outside the kubelet dir (%s), %d times in %d rounds", victimMount, detached, n)
 	}
-	if leak := driverFDsBack(t, pid, fds); len(leak) > 0 {
-		bugs = append(bugs, fmt.Sprintf(bugFDLeak, strings.Join(leak, ", ")))
-	}
+	waitDriverFDs(t, pid, fds)
 
 	// With the racing over, the volume publishes and serves as ever.
 	v := e.publish(t, pod, "vol", attrs(), false)
@@ -1486,7 +1422,6 @@ func raceTarget(t *testing.T, e *env) {
 	e.unpublish(t, v)
 	requireNothingMounted(t, e.k)
 	checkOutside()
-	knownBugs(t, bugs)
 }
 
 // fuseMountsUnder lists the FUSE mounts at or below dir.
