@@ -39,21 +39,21 @@ func BenchmarkPodReady(b *testing.B) {
 	if os.Getenv("MFCP_E2E_NODE_EXEC") != "" {
 		b.Skip("needs the node to be this machine (hack/local-cluster), for the hostPath and the node's mount table")
 	}
-	if out, _ := kubectlTB(b, time.Minute, "get", "csinode", "-o", "jsonpath={.items[*].spec.drivers[*].name}"); !strings.Contains(out, driverName) {
+	if out, _ := kubectl(b, time.Minute, "get", "csinode", "-o", "jsonpath={.items[*].spec.drivers[*].name}"); !strings.Contains(out, driverName) {
 		b.Fatalf("the driver is not registered on the node (%q): deploy it first (hack/bench-cluster.sh does)", out)
 	}
 	dir := benchHostDir(b)
 	ns := "mfcp-bench"
-	kubectlTB(b, time.Minute, "delete", "namespace", ns, "--ignore-not-found", "--wait=true", "--timeout=120s")
-	if out, err := kubectlTB(b, time.Minute, "create", "namespace", ns); err != nil {
+	kubectl(b, time.Minute, "delete", "namespace", ns, "--ignore-not-found", "--wait=true", "--timeout=120s")
+	if out, err := kubectl(b, time.Minute, "create", "namespace", ns); err != nil {
 		b.Fatalf("creating namespace %s: %v\n%s", ns, err, out)
 	}
 	b.Cleanup(func() {
-		kubectlTB(b, 3*time.Minute, "delete", "namespace", ns, "--wait=true", "--timeout=150s")
+		kubectl(b, 3*time.Minute, "delete", "namespace", ns, "--wait=true", "--timeout=150s")
 	})
 	// The namespace's default service account must exist before a pod.
 	for start := time.Now(); ; time.Sleep(200 * time.Millisecond) {
-		if _, err := kubectlTB(b, 30*time.Second, "-n", ns, "get", "serviceaccount", "default"); err == nil {
+		if _, err := kubectl(b, 30*time.Second, "-n", ns, "get", "serviceaccount", "default"); err == nil {
 			break
 		}
 		if time.Since(start) > time.Minute {
@@ -94,8 +94,8 @@ func BenchmarkPodReady(b *testing.B) {
 				servedAt <- -1
 			}()
 		}
-		if out, err := kubectlTB(b, 4*time.Minute, "-n", ns, "wait", "--for=condition=Ready", "pod/"+name, "--timeout=180s"); err != nil {
-			desc, _ := kubectlTB(b, time.Minute, "-n", ns, "describe", "pod", name)
+		if out, err := kubectl(b, 4*time.Minute, "-n", ns, "wait", "--for=condition=Ready", "pod/"+name, "--timeout=180s"); err != nil {
+			desc, _ := kubectl(b, time.Minute, "-n", ns, "describe", "pod", name)
 			b.Fatalf("pod %s not Ready: %v\n%s\n%s", name, err, out, desc)
 		}
 		took := time.Since(start)
@@ -117,7 +117,7 @@ func BenchmarkPodReady(b *testing.B) {
 		} else {
 			b.Logf("%s: Ready after %v", name, took.Round(time.Millisecond))
 		}
-		if out, err := kubectlTB(b, 3*time.Minute, "-n", ns, "delete", "pod", name, "--wait=true", "--timeout=120s"); err != nil {
+		if out, err := kubectl(b, 3*time.Minute, "-n", ns, "delete", "pod", name, "--wait=true", "--timeout=120s"); err != nil {
 			b.Fatalf("deleting %s: %v\n%s", name, err, out)
 		}
 	}
@@ -252,11 +252,6 @@ spec:
         fdPassingEmptyDirName: fuse-fd-passing
         fdPassingSocketName: fuse-csi-ephemeral.sock
 `, hostDir, driverName)
-}
-
-func kubectlTB(b testing.TB, timeout time.Duration, args ...string) (string, error) {
-	b.Helper()
-	return kubectlIn(b, timeout, "", args...)
 }
 
 // kubectlIn runs kubectl with stdin (if not empty), bounded by timeout.

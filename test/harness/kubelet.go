@@ -62,6 +62,11 @@ func NewKubelet(t T) *Kubelet {
 // PodsDir is <Dir>/pods.
 func (k *Kubelet) PodsDir() string { return filepath.Join(k.Dir, "pods") }
 
+// DriverStateDir is the driver's default --state-dir for this kubelet dir.
+func (k *Kubelet) DriverStateDir() string {
+	return filepath.Join(k.Dir, "plugins", DriverName, "state")
+}
+
 // MountsUnder returns the mountpoints below the kubelet directory, excluding its own self
 // bind, from /proc/self/mountinfo (no stat), so tests can assert that nothing is left
 // mounted after an unpublish.

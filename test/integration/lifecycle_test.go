@@ -16,14 +16,9 @@ import (
 	"github.com/pfnet-research/meta-fuse-csi-plugin/test/harness"
 )
 
-// stateDir is where the driver records volumes for a kubelet dir (the default).
-func stateDir(k *harness.Kubelet) string {
-	return filepath.Join(k.Dir, "plugins", "meta-fuse-csi-plugin.csi.storage.pfn.io", "state")
-}
-
 func requireStateEmpty(t testing.TB, k *harness.Kubelet) {
 	t.Helper()
-	ents, err := os.ReadDir(stateDir(k))
+	ents, err := os.ReadDir(k.DriverStateDir())
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)
 	}
@@ -154,12 +149,12 @@ func TestNodeRebootCleanup(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(stateDir(e.k), ".tmp-123"), []byte("{"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(e.k.DriverStateDir(), ".tmp-123"), []byte("{"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	states, _ := os.ReadDir(stateDir(e.k))
+	states, _ := os.ReadDir(e.k.DriverStateDir())
 	for _, s := range states {
-		p := filepath.Join(stateDir(e.k), s.Name())
+		p := filepath.Join(e.k.DriverStateDir(), s.Name())
 		b, _ := os.ReadFile(p)
 		if strings.Contains(string(b), lost.pod.UID) {
 			os.Remove(p)
@@ -177,10 +172,10 @@ func TestNodeRebootCleanup(t *testing.T) {
 
 	e.d.Restart(t)
 
-	if exists(filepath.Join(stateDir(e.k), ".tmp-123")) {
+	if exists(filepath.Join(e.k.DriverStateDir(), ".tmp-123")) {
 		t.Errorf("half-written state file left")
 	}
-	ents, _ := os.ReadDir(stateDir(e.k))
+	ents, _ := os.ReadDir(e.k.DriverStateDir())
 	if len(ents) != 3 {
 		t.Errorf("state after the restart: %d entries, want 3 (served, pending, deadMount)", len(ents))
 	}

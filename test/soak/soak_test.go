@@ -112,7 +112,7 @@ func TestSoak(t *testing.T) {
 	bins.Dir = filepath.Dir(bins.Driver)
 	s := &soak{t: t, bins: bins, tmpDir: t.TempDir()}
 	s.k = harness.NewKubelet(t)
-	s.stateDir = filepath.Join(s.k.Dir, "plugins", harness.DriverName, "state")
+	s.stateDir = s.k.DriverStateDir()
 
 	// -v=2: failed CSI calls are logged, not every call (the harness's -v=5
 	// would write every request of 10,000 cycles).
