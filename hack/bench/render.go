@@ -50,8 +50,9 @@ func render(m machineInfo, benchtime string, rs map[string]*result, cluster *res
 	if ratio, ok := fs.get("ratio"); ok {
 		d, _ := fs.get("ms/driver-median")
 		s, _ := fs.get("ms/self-median")
-		p("| (a) new volume to first stat answered: driver path / the same program mounting itself as root (medians, %s each) | ≤ %.2f | **%.2f** (%s ms vs %s ms) | %s |\n",
-			runs(fs.n), goalFirstStatRatio, ratio, f2(d), f2(s), verdict(ratio <= goalFirstStatRatio))
+		lo, hi := interval(fs, "ratio", ratio)
+		p("| (a) new volume to first stat answered: driver path / the same program mounting itself as root (medians, %s each; 95 %% interval) | ≤ %.2f | **%.2f** (%.2f–%.2f; %s ms vs %s ms) | %s |\n",
+			runs(fs.n), goalFirstStatRatio, ratio, lo, hi, f2(d), f2(s), verdictAtMost(ratio, lo, hi, goalFirstStatRatio))
 	} else {
 		p("| (a) new volume to first stat answered, driver path / root self-mount | ≤ %.2f | – | %s |\n", goalFirstStatRatio, fs.err)
 	}
@@ -61,8 +62,9 @@ func render(m machineInfo, benchtime string, rs map[string]*result, cluster *res
 			pv, _ := tp.get("MB/s-" + kind + "-passed")
 			sv, _ := tp.get("MB/s-" + kind + "-self")
 			size, _ := tp.get("MiB-file")
-			p("| (b) sequential %s of %s MiB, passed fd / root self-mount, passthrough off (medians, %s each) | ≥ %.2f | **%.3f** (%s vs %s MB/s) | %s |\n",
-				kind, f0(size), runs(tp.n), goalThroughput, ratio, f0(pv), f0(sv), verdict(ratio >= goalThroughput))
+			lo, hi := interval(tp, kind+"-ratio", ratio)
+			p("| (b) sequential %s of %s MiB, passed fd / root self-mount, passthrough off (medians, %s each; 95 %% interval) | ≥ %.2f | **%.3f** (%.3f–%.3f; %s vs %s MB/s) | %s |\n",
+				kind, f0(size), runs(tp.n), goalThroughput, ratio, lo, hi, f0(pv), f0(sv), verdictAtLeast(ratio, lo, hi, goalThroughput))
 		} else {
 			p("| (b) sequential %s, passed fd / root self-mount | ≥ %.2f | – | %s |\n", kind, goalThroughput, tp.err)
 		}
@@ -100,7 +102,8 @@ func render(m machineInfo, benchtime string, rs map[string]*result, cluster *res
 	p("%s\n\n", dRow)
 
 	p("## Method and details\n\n")
-	p("The integration benchmarks (`test/integration/bench*_test.go`) run the real binaries, built static as `make build` and the images build them, the driver at `-v=2` (the DaemonSet's verbosity) on a kubelet-like directory (`test/harness`), as root, with real `/dev/fuse` mounts. `make bench` runs each with its own iteration count (`-benchtime`: (a) 30, (b) 16 (two cores make single runs vary by about ±10 %%, in either direction), (c) 1, the per-volume latencies 20, the publish profile 1000; `BENCHTIME` overrides them all).\n\n")
+	p("The integration benchmarks (`test/integration/bench*_test.go`) run the real binaries, built static as `make build` and the images build them, the driver at `-v=2` (the DaemonSet's verbosity) on a kubelet-like directory (`test/harness`), as root, with real `/dev/fuse` mounts. `make bench` runs each with its own iteration count (`-benchtime`: (a) %s, (b) %s (two cores make single runs vary by about ±10 %%, in either direction), (c) %s, the per-volume latencies %s, the publish profile %s; `BENCHTIME` overrides them all). Each ratio comes with a 95 %% percentile-bootstrap interval (2000 resamples of both sides' runs): where it holds the goal, the run cannot tell met from missed.\n\n",
+		defaultRuns("BenchmarkFirstStat"), defaultRuns("BenchmarkThroughput"), defaultRuns("BenchmarkScale"), defaultRuns("BenchmarkServe"), defaultRuns("BenchmarkPublishInProcess"))
 
 	p("### (a) New volume to first stat answered (`BenchmarkFirstStat`)\n\n")
 	p("- **Driver path:** the clock starts before `NodePublishVolume` (kubelet's part, the target's parent and `vol_data.json`, is done before), then `fuse-starter` is started as uid 65534 with no capabilities and connects to the socket in the emptyDir; the driver mounts and passes the fd; `fuse-starter` starts go-fuse's `loopback` example on `/dev/fd/3`. The clock stops when `stat(<target>/hello.txt)` (a file only the backing directory has) succeeds, polled every 100 µs.\n")
@@ -310,6 +313,47 @@ func pods(n int) string {
 		return "1 pod"
 	}
 	return fmt.Sprintf("%d pods", n)
+}
+
+// interval is a ratio's 95 % bootstrap interval as the benchmark reported it
+// (<metric>-ci95-lo/-hi), or the point value twice for an older run.
+func interval(r *result, metric string, point float64) (lo, hi float64) {
+	lo, okLo := r.get(metric + "-ci95-lo")
+	hi, okHi := r.get(metric + "-ci95-hi")
+	if !okLo || !okHi {
+		return point, point
+	}
+	return lo, hi
+}
+
+// verdictAtLeast judges a ratio whose goal is a lower bound, by its point
+// value, and says when the 95 % interval straddles the goal: then the run
+// cannot tell met from missed.
+func verdictAtLeast(point, lo, hi, goal float64) string {
+	switch {
+	case lo >= goal:
+		return "met"
+	case point >= goal:
+		return "met (the interval crosses the goal)"
+	case hi >= goal:
+		return "**missed** (the interval crosses the goal)"
+	}
+	return "**missed**"
+}
+
+// verdictAtMost is verdictAtLeast for a goal that is an upper bound.
+func verdictAtMost(point, lo, hi, goal float64) string {
+	return verdictAtLeast(-point, -hi, -lo, -goal)
+}
+
+// defaultRuns is the iteration count make bench gives a benchmark.
+func defaultRuns(name string) string {
+	for _, bm := range integration {
+		if bm.name == name {
+			return strings.TrimSuffix(bm.benchtime, "x")
+		}
+	}
+	return "?"
 }
 
 func verdict(met bool) string {

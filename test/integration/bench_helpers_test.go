@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,12 +54,43 @@ func medianOf(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func medianDur(ds []time.Duration) time.Duration {
+// ratioInterval is a 95 % percentile-bootstrap interval for
+// median(num)/median(den): both samples are resampled with replacement 2000
+// times (a fixed seed, so a run's report is reproducible from its figures).
+// On two cores single runs vary by ±10 % or more, so a ratio's point value
+// alone says little about a goal a few per cent from 1.
+func ratioInterval(num, den []float64) (lo, hi float64) {
+	if len(num) < 2 || len(den) < 2 {
+		r := medianOf(num) / medianOf(den)
+		return r, r
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	const resamples = 2000
+	rs := make([]float64, resamples)
+	a, b := make([]float64, len(num)), make([]float64, len(den))
+	for i := range rs {
+		for j := range a {
+			a[j] = num[rng.IntN(len(num))]
+		}
+		for j := range b {
+			b[j] = den[rng.IntN(len(den))]
+		}
+		rs[i] = medianOf(a) / medianOf(b)
+	}
+	sort.Float64s(rs)
+	return rs[resamples*25/1000], rs[resamples*975/1000-1]
+}
+
+func durFloats(ds []time.Duration) []float64 {
 	xs := make([]float64, len(ds))
 	for i, d := range ds {
 		xs[i] = float64(d)
 	}
-	return time.Duration(medianOf(xs))
+	return xs
+}
+
+func medianDur(ds []time.Duration) time.Duration {
+	return time.Duration(medianOf(durFloats(ds)))
 }
 
 // envInt reads a positive integer setting of the benchmarks from the environment.

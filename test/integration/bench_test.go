@@ -131,6 +131,9 @@ func BenchmarkFirstStat(b *testing.B) {
 	b.ReportMetric(msOf(medianDur(pub)), "ms/publish-median")
 	b.ReportMetric(msOf(medianDur(rest)), "ms/driver-launch-median")
 	b.ReportMetric(msOf(md)/msOf(ms), "ratio")
+	lo, hi := ratioInterval(durFloats(drv), durFloats(self))
+	b.ReportMetric(lo, "ratio-ci95-lo")
+	b.ReportMetric(hi, "ratio-ci95-hi")
 
 	// Where the difference goes, measured apart: the driver's own time from
 	// accepting the connection to the fd sent (its log), and what starting

@@ -1,0 +1,43 @@
+package integration
+
+import "testing"
+
+// TestRatioInterval checks the bootstrap interval the benchmarks report
+// beside a ratio: it holds the point ratio, it covers 1 for two samples from
+// the same spread, and it excludes 1 when one side is clearly faster.
+func TestRatioInterval(t *testing.T) {
+	spread := []float64{1184, 1190, 1443, 1340, 1459, 1548, 1380, 1248, 1277, 1285, 1279, 1279, 1391, 1454, 1344, 1279}
+	scaled := func(f float64) []float64 {
+		out := make([]float64, len(spread))
+		for i, x := range spread {
+			out[i] = x * f
+		}
+		return out
+	}
+	tests := []struct {
+		name     string
+		num, den []float64
+		covers1  bool
+	}{
+		{"same sample", spread, spread, true},
+		{"same spread, reversed order", spread, []float64{1279, 1344, 1454, 1391, 1279, 1279, 1285, 1277, 1248, 1380, 1548, 1459, 1340, 1443, 1190, 1184}, true},
+		{"numerator 30 % faster", scaled(1.3), spread, false},
+		{"numerator 30 % slower", scaled(0.7), spread, false},
+		{"one run each", []float64{2}, []float64{1}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			lo, hi := ratioInterval(tc.num, tc.den)
+			point := medianOf(tc.num) / medianOf(tc.den)
+			if lo > hi {
+				t.Fatalf("interval [%v, %v] is reversed", lo, hi)
+			}
+			if point < lo || point > hi {
+				t.Errorf("point ratio %v outside [%v, %v]", point, lo, hi)
+			}
+			if got := lo <= 1 && 1 <= hi; got != tc.covers1 {
+				t.Errorf("[%v, %v] covers 1 = %v, want %v", lo, hi, got, tc.covers1)
+			}
+		})
+	}
+}
