@@ -67,7 +67,7 @@ func findings(rs map[string]*result) string {
 			p("**(b) Throughput: read %.3f (95 %% interval %.3f–%.3f), write %.3f (%.3f–%.3f) against ≥ %.2f.** The driver is not on the data path after the handover (the passed fd is an ordinary `/dev/fuse` connection with the same options, checked in the mount table), so a difference comes from the two servers' circumstances: the passed-fd server runs as uid 65534 in a pod's mount namespace, the self-mount as root.", r, rlo, rhi, wr, wlo, whi, goalThroughput)
 		}
 		if rlo < 1 && rhi > 1 && wlo < 1 && whi > 1 {
-			p(" Both intervals hold 1: this run shows no difference between the two mounts at all; single runs of the same side vary by ±10 %% or more on two cores (the per-run figures are in the benchmark's log), which is what the intervals' width reflects.")
+			p(" Both intervals hold 1: this run shows no difference between the two mounts; what remains of the spread is the VM's (single chunks of the same side vary by ±10 %% or more on two cores; the per-chunk ratios are in the benchmark's log).")
 		}
 		p("\n\n")
 	}

@@ -81,6 +81,27 @@ func ratioInterval(num, den []float64) (lo, hi float64) {
 	return rs[resamples*25/1000], rs[resamples*975/1000-1]
 }
 
+// medianInterval is a 95 % percentile-bootstrap interval for the median of
+// xs (2000 resamples, a fixed seed).
+func medianInterval(xs []float64) (lo, hi float64) {
+	if len(xs) < 2 {
+		m := medianOf(xs)
+		return m, m
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	const resamples = 2000
+	ms := make([]float64, resamples)
+	a := make([]float64, len(xs))
+	for i := range ms {
+		for j := range a {
+			a[j] = xs[rng.IntN(len(xs))]
+		}
+		ms[i] = medianOf(a)
+	}
+	sort.Float64s(ms)
+	return ms[resamples*25/1000], ms[resamples*975/1000-1]
+}
+
 func durFloats(ds []time.Duration) []float64 {
 	xs := make([]float64, len(ds))
 	for i, d := range ds {
@@ -320,35 +341,6 @@ func writeBigFile(b testing.TB, path string, size int64) {
 // go-fuse server in the same process on a /dev/fd/N mount (which skips
 // go-fuse's own poll hack), the runtime can deadlock on it.
 
-// readAll reads path sequentially in blocks of bs bytes (dd if=path bs=bs
-// of=/dev/null) and returns the bytes read and the time taken.
-func readAll(b testing.TB, path string, bs int) (int64, time.Duration) {
-	b.Helper()
-	buf := make([]byte, bs)
-	start := time.Now()
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		b.Fatalf("open %s: %v", path, err)
-	}
-	var n int64
-	for {
-		k, err := unix.Read(fd, buf)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			unix.Close(fd)
-			b.Fatalf("reading %s: %v", path, err)
-		}
-		if k == 0 {
-			break
-		}
-		n += int64(k)
-	}
-	unix.Close(fd)
-	return n, time.Since(start)
-}
-
 // dropCache drops the page cache of a file opened through a FUSE mount
 // (POSIX_FADV_DONTNEED), so that one pass does not leave gigabytes of cached
 // pages that make the next pass's page allocations slower: without it, the
@@ -372,35 +364,84 @@ func readSmall(path string) (string, error) {
 	return string(b), err
 }
 
-// writeAll creates path and writes size bytes in blocks of bs (dd
-// if=/dev/zero of=path bs=bs, data not zero), closes it, and returns the time.
-func writeAll(b testing.TB, path string, size int64, bs int) time.Duration {
+// interleaved reads (or writes) a file of size bytes through each of two
+// paths at once, in chunks of chunk bytes, taking turns chunk by chunk (the
+// side that goes first alternates too), with bs-byte read(2)s or write(2)s,
+// and returns each side's total time from open to close and the time of each
+// of its chunks (chunk k of both sides ran next to each other). Taking turns every
+// few tens of milliseconds means both sides see the same machine: on a
+// shared 2-core VM the speed drifts by ±10 % over seconds, which, measured
+// one whole file after the other, swamps a difference of a few per cent.
+// For writes the files are created (O_EXCL) with a fixed non-zero pattern.
+func interleaved(b testing.TB, write bool, paths [2]string, size, chunk int64, bs int) (took [2]time.Duration, chunks [2][]time.Duration) {
 	b.Helper()
 	buf := make([]byte, bs)
 	for i := range buf {
 		buf[i] = byte(i*31 + 7)
 	}
-	start := time.Now()
-	fd, err := unix.Open(path, unix.O_CREAT|unix.O_WRONLY|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		b.Fatalf("create %s: %v", path, err)
-	}
-	for off := int64(0); off < size; {
-		n := min(int64(bs), size-off)
-		k, err := unix.Write(fd, buf[:n])
-		if err == unix.EINTR {
-			continue
+	var fds [2]int
+	for side, path := range paths {
+		start := time.Now()
+		var err error
+		if write {
+			fds[side], err = unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		} else {
+			fds[side], err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		}
+		took[side] += time.Since(start)
 		if err != nil {
-			unix.Close(fd)
-			b.Fatalf("writing %s: %v", path, err)
+			if side == 1 {
+				unix.Close(fds[0])
+			}
+			b.Fatalf("open %s: %v", path, err)
 		}
-		off += int64(k)
 	}
-	if err := unix.Close(fd); err != nil {
-		b.Fatalf("closing %s: %v", path, err)
+	defer func() {
+		for _, fd := range fds {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+	}()
+	var done [2]int64
+	for k := 0; done[0] < size || done[1] < size; k++ {
+		for turn := range 2 {
+			side := (k + turn) % 2
+			start := time.Now()
+			for end := min(done[side]+chunk, size); done[side] < end; {
+				var n int
+				var err error
+				if write {
+					n, err = unix.Write(fds[side], buf[:min(int64(bs), end-done[side])])
+				} else {
+					n, err = unix.Read(fds[side], buf)
+				}
+				if err == unix.EINTR {
+					continue
+				}
+				if err != nil {
+					b.Fatalf("%s: %v", paths[side], err)
+				}
+				if n == 0 {
+					b.Fatalf("%s ended after %d bytes, want %d", paths[side], done[side], size)
+				}
+				done[side] += int64(n)
+			}
+			d := time.Since(start)
+			took[side] += d
+			chunks[side] = append(chunks[side], d)
+		}
 	}
-	return time.Since(start)
+	for side, fd := range fds {
+		start := time.Now()
+		err := unix.Close(fd)
+		took[side] += time.Since(start)
+		fds[side] = -1
+		if err != nil {
+			b.Fatalf("closing %s: %v", paths[side], err)
+		}
+	}
+	return took, chunks
 }
 
 // sidecarArgs is the argv of fuse-starter running program with the socket

@@ -41,3 +41,27 @@ func TestRatioInterval(t *testing.T) {
 		})
 	}
 }
+
+func TestMedianInterval(t *testing.T) {
+	tests := []struct {
+		name   string
+		xs     []float64
+		lo, hi float64 // bounds the interval must lie within
+	}{
+		{"constant", []float64{1, 1, 1, 1}, 1, 1},
+		{"one value", []float64{0.98}, 0.98, 0.98},
+		{"spread around 1", []float64{0.97, 0.99, 1.0, 1.01, 1.03, 0.98, 1.02, 1.0}, 0.97, 1.03},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			lo, hi := medianInterval(tc.xs)
+			m := medianOf(tc.xs)
+			if lo > m || hi < m {
+				t.Errorf("median %v outside [%v, %v]", m, lo, hi)
+			}
+			if lo < tc.lo || hi > tc.hi {
+				t.Errorf("[%v, %v] not within [%v, %v]", lo, hi, tc.lo, tc.hi)
+			}
+		})
+	}
+}
