@@ -82,21 +82,28 @@ func ratioInterval(num, den []float64) (lo, hi float64) {
 }
 
 // medianInterval is a 95 % percentile-bootstrap interval for the median of
-// xs (2000 resamples, a fixed seed).
-func medianInterval(xs []float64) (lo, hi float64) {
-	if len(xs) < 2 {
-		m := medianOf(xs)
+// the values in groups, resampling whole groups (2000 resamples, a fixed
+// seed). The values of one group (the chunk pairs of one iteration, through
+// the same two mounts) are not independent of each other, so resampling them
+// one by one would make the interval too narrow.
+func medianInterval(groups [][]float64) (lo, hi float64) {
+	var all []float64
+	for _, g := range groups {
+		all = append(all, g...)
+	}
+	if len(groups) < 2 {
+		m := medianOf(all)
 		return m, m
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	const resamples = 2000
 	ms := make([]float64, resamples)
-	a := make([]float64, len(xs))
 	for i := range ms {
-		for j := range a {
-			a[j] = xs[rng.IntN(len(xs))]
+		all = all[:0]
+		for range groups {
+			all = append(all, groups[rng.IntN(len(groups))]...)
 		}
-		ms[i] = medianOf(a)
+		ms[i] = medianOf(all)
 	}
 	sort.Float64s(ms)
 	return ms[resamples*25/1000], ms[resamples*975/1000-1]

@@ -1,6 +1,9 @@
 package integration
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 // TestRatioInterval checks the bootstrap interval the benchmarks report
 // beside a ratio: it holds the point ratio, it covers 1 for two samples from
@@ -45,22 +48,28 @@ func TestRatioInterval(t *testing.T) {
 func TestMedianInterval(t *testing.T) {
 	tests := []struct {
 		name   string
-		xs     []float64
+		groups [][]float64
 		lo, hi float64 // bounds the interval must lie within
 	}{
-		{"constant", []float64{1, 1, 1, 1}, 1, 1},
-		{"one value", []float64{0.98}, 0.98, 0.98},
-		{"spread around 1", []float64{0.97, 0.99, 1.0, 1.01, 1.03, 0.98, 1.02, 1.0}, 0.97, 1.03},
+		{"constant", [][]float64{{1, 1}, {1, 1}}, 1, 1},
+		{"one group", [][]float64{{0.98, 1.0, 1.02}}, 1.0, 1.0},
+		{"spread around 1", [][]float64{{0.97, 0.99}, {1.0, 1.01}, {1.03, 0.98}, {1.02, 1.0}}, 0.97, 1.03},
+		// Two groups far apart: resampling whole groups must reach both
+		// ends, where resampling single values would stay near the middle.
+		{"groups apart", [][]float64{{0.9, 0.9, 0.9, 0.9}, {1.1, 1.1, 1.1, 1.1}}, 0.9, 1.1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			lo, hi := medianInterval(tc.xs)
-			m := medianOf(tc.xs)
+			lo, hi := medianInterval(tc.groups)
+			m := medianOf(slices.Concat(tc.groups...))
 			if lo > m || hi < m {
 				t.Errorf("median %v outside [%v, %v]", m, lo, hi)
 			}
 			if lo < tc.lo || hi > tc.hi {
 				t.Errorf("[%v, %v] not within [%v, %v]", lo, hi, tc.lo, tc.hi)
+			}
+			if tc.name == "groups apart" && (lo != 0.9 || hi != 1.1) {
+				t.Errorf("[%v, %v], want [0.9, 1.1]: whole groups were not resampled", lo, hi)
 			}
 		})
 	}
