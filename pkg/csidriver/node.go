@@ -255,7 +255,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		}
 	}
 
-	n, nfuse, err := d.unmounter.UnmountAllCounted(d.realTarget(t.RelPath()), d.targetOpener(t))
+	n, nfuse, err := d.unmounter.UnmountAll(d.realTarget(t.RelPath()), d.targetOpener(t))
 	d.m.Aborted(metrics.CauseUnpublish, nfuse)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", req.GetTargetPath(), err)

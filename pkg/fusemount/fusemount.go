@@ -180,7 +180,8 @@ type Opener func() (*os.File, error)
 
 // UnmountAll detaches every mount at path, top first, and aborts the FUSE
 // connections behind them so that a dead or stopped server cannot keep a
-// process (or the kernel) waiting. It returns how many mounts it removed.
+// process (or the kernel) waiting. It returns how many mounts it removed,
+// and how many of those were FUSE mounts (whose connections it aborted).
 //
 // path is the mountpoint as the mount table shows it; open gives a handle on
 // it. Each unmount is of the mount the handle is on, and only when that
@@ -190,14 +191,7 @@ type Opener func() (*os.File, error)
 // minors, which the kernel reuses at once, and an abort file opened on a
 // connection that is already gone is harmless, while one opened afterwards
 // might belong to somebody else's new mount.
-func (u *Unmounter) UnmountAll(path string, open Opener) (int, error) {
-	n, _, err := u.UnmountAllCounted(path, open)
-	return n, err
-}
-
-// UnmountAllCounted is UnmountAll that also says how many of the removed
-// mounts were FUSE mounts (whose connections it aborted).
-func (u *Unmounter) UnmountAllCounted(path string, open Opener) (removed, fuse int, err error) {
+func (u *Unmounter) UnmountAll(path string, open Opener) (removed, fuse int, err error) {
 	n, nfuse, changed := 0, 0, 0
 	for range maxStacked { // mounts can be stacked; bounded so a racing mounter cannot loop us
 		f, top, err := openTop(path, open)
@@ -416,7 +410,7 @@ func (u *Unmounter) Abort(path string, open Opener) (bool, error) {
 		return false, nil
 	}
 	if u.FusectlDir == "" {
-		_, err := u.UnmountAll(path, open)
+		_, _, err := u.UnmountAll(path, open)
 		return true, err
 	}
 	a, err := os.OpenFile(fmt.Sprintf("%s/%d/abort", u.FusectlDir, top.Minor), os.O_WRONLY, 0)

@@ -73,7 +73,7 @@ func TestMountsAtMissingPath(t *testing.T) {
 	if err != nil || len(ms) != 0 {
 		t.Fatalf("MountsAt = %v, %v", ms, err)
 	}
-	n, err := (&Unmounter{}).UnmountAll("/nonexistent/path/for/mfcp", func() (*os.File, error) { return nil, os.ErrNotExist })
+	n, _, err := (&Unmounter{}).UnmountAll("/nonexistent/path/for/mfcp", func() (*os.File, error) { return nil, os.ErrNotExist })
 	if err != nil || n != 0 {
 		t.Fatalf("UnmountAll = %d, %v", n, err)
 	}
@@ -121,13 +121,13 @@ func TestUnmountAllThroughHandle(t *testing.T) {
 	}
 
 	u := &Unmounter{}
-	if n, err := u.UnmountAll(target, openPath(elsewhere)); !errors.Is(err, errChanged) || n != 0 {
+	if n, _, err := u.UnmountAll(target, openPath(elsewhere)); !errors.Is(err, errChanged) || n != 0 {
 		t.Fatalf("with a handle elsewhere: %d, %v; want errChanged and nothing unmounted", n, err)
 	}
 	if ms, _ := MountsAt(elsewhere); len(ms) != 1 {
 		t.Fatalf("the mount elsewhere was touched: %+v", ms)
 	}
-	if n, err := u.UnmountAll(target, openPath(target)); err != nil || n != 2 {
+	if n, _, err := u.UnmountAll(target, openPath(target)); err != nil || n != 2 {
 		t.Fatalf("UnmountAll = %d, %v; want 2", n, err)
 	}
 	if done, err := u.UnmountTopIf(elsewhere, -1, openPath(elsewhere)); err != nil || done {

@@ -20,13 +20,13 @@ import (
 
 const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
 
-// Dir is an open directory handle.
 // Errors of the socket operations when the pod changes the name under them.
 var (
 	ErrNotSocket = errors.New("is not a socket")
 	ErrReplaced  = errors.New("was replaced while the socket was being created")
 )
 
+// Dir is an open directory handle.
 type Dir struct {
 	f *os.File
 }
