@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -54,59 +55,59 @@ func medianOf(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// ratioInterval is a 95 % percentile-bootstrap interval for
-// median(num)/median(den): both samples are resampled with replacement 2000
-// times (a fixed seed, so a run's report is reproducible from its figures).
-// On two cores single runs vary by ±10 % or more, so a ratio's point value
-// alone says little about a goal a few per cent from 1.
+// bootstrap95 is a 95 % percentile-bootstrap interval: stat computes the
+// statistic on one resample drawn with rng, 2000 times (a fixed seed, so a
+// run's report is reproducible from its figures). On two cores single runs
+// vary by ±10 % or more, so a ratio's point value alone says little about a
+// goal a few per cent from 1.
+func bootstrap95(stat func(rng *rand.Rand) float64) (lo, hi float64) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	const resamples = 2000
+	xs := make([]float64, resamples)
+	for i := range xs {
+		xs[i] = stat(rng)
+	}
+	sort.Float64s(xs)
+	return xs[resamples*25/1000], xs[resamples*975/1000-1]
+}
+
+// ratioInterval is the bootstrap interval of median(num)/median(den), the
+// two samples resampled independently.
 func ratioInterval(num, den []float64) (lo, hi float64) {
 	if len(num) < 2 || len(den) < 2 {
 		r := medianOf(num) / medianOf(den)
 		return r, r
 	}
-	rng := rand.New(rand.NewPCG(1, 2))
-	const resamples = 2000
-	rs := make([]float64, resamples)
 	a, b := make([]float64, len(num)), make([]float64, len(den))
-	for i := range rs {
+	return bootstrap95(func(rng *rand.Rand) float64 {
 		for j := range a {
 			a[j] = num[rng.IntN(len(num))]
 		}
 		for j := range b {
 			b[j] = den[rng.IntN(len(den))]
 		}
-		rs[i] = medianOf(a) / medianOf(b)
-	}
-	sort.Float64s(rs)
-	return rs[resamples*25/1000], rs[resamples*975/1000-1]
+		return medianOf(a) / medianOf(b)
+	})
 }
 
-// medianInterval is a 95 % percentile-bootstrap interval for the median of
-// the values in groups, resampling whole groups (2000 resamples, a fixed
-// seed). The values of one group (the chunk pairs of one iteration, through
-// the same two mounts) are not independent of each other, so resampling them
-// one by one would make the interval too narrow.
+// medianInterval is the bootstrap interval of the median of the values in
+// groups, resampling whole groups. The values of one group (the chunk pairs
+// of one iteration, through the same two mounts) are not independent of
+// each other, so resampling them one by one would make the interval too
+// narrow.
 func medianInterval(groups [][]float64) (lo, hi float64) {
-	var all []float64
-	for _, g := range groups {
-		all = append(all, g...)
-	}
+	all := slices.Concat(groups...)
 	if len(groups) < 2 {
 		m := medianOf(all)
 		return m, m
 	}
-	rng := rand.New(rand.NewPCG(1, 2))
-	const resamples = 2000
-	ms := make([]float64, resamples)
-	for i := range ms {
+	return bootstrap95(func(rng *rand.Rand) float64 {
 		all = all[:0]
 		for range groups {
 			all = append(all, groups[rng.IntN(len(groups))]...)
 		}
-		ms[i] = medianOf(all)
-	}
-	sort.Float64s(ms)
-	return ms[resamples*25/1000], ms[resamples*975/1000-1]
+		return medianOf(all)
+	})
 }
 
 func durFloats(ds []time.Duration) []float64 {

@@ -154,18 +154,16 @@ func BenchmarkThroughput(b *testing.B) {
 		s.stop()
 		iter++
 	}
-	b.ReportMetric(medianOf(rdP), "MB/s-read-passed")
-	b.ReportMetric(medianOf(rdS), "MB/s-read-self")
-	b.ReportMetric(medianOf(slices.Concat(rdRatio...)), "read-ratio")
-	lo, hi := medianInterval(rdRatio)
-	b.ReportMetric(lo, "read-ratio-ci95-lo")
-	b.ReportMetric(hi, "read-ratio-ci95-hi")
-	b.ReportMetric(medianOf(wrP), "MB/s-write-passed")
-	b.ReportMetric(medianOf(wrS), "MB/s-write-self")
-	b.ReportMetric(medianOf(slices.Concat(wrRatio...)), "write-ratio")
-	lo, hi = medianInterval(wrRatio)
-	b.ReportMetric(lo, "write-ratio-ci95-lo")
-	b.ReportMetric(hi, "write-ratio-ci95-hi")
+	report := func(kind string, passed, self []float64, ratios [][]float64) {
+		b.ReportMetric(medianOf(passed), "MB/s-"+kind+"-passed")
+		b.ReportMetric(medianOf(self), "MB/s-"+kind+"-self")
+		b.ReportMetric(medianOf(slices.Concat(ratios...)), kind+"-ratio")
+		lo, hi := medianInterval(ratios)
+		b.ReportMetric(lo, kind+"-ratio-ci95-lo")
+		b.ReportMetric(hi, kind+"-ratio-ci95-hi")
+	}
+	report("read", rdP, rdS, rdRatio)
+	report("write", wrP, wrS, wrRatio)
 	b.ReportMetric(float64(size>>20), "MiB-file")
 	b.ReportMetric(float64(len(slices.Concat(rdRatio...))), "chunk-pairs")
 	b.Logf("whole-file MB/s: read passed %.0f self %.0f, write passed %.0f self %.0f", rdP, rdS, wrP, wrS)
