@@ -132,7 +132,7 @@ func render(m machineInfo, benchtime string, rs map[string]*result, cluster *res
 	p("- **Passed fd:** the driver's mount, served by `hack/bench/loopback` (go-fuse's loopback example with kernel FUSE passthrough switched off; go-fuse turns it on by itself when it has CAP_SYS_ADMIN) started by `fuse-starter` as uid 65534 without capabilities in a pod's mount namespace. **Self-mount:** the same binary as root with `-directmountstrict -allow-other`, passthrough off too.\n")
 	p("- Same mount options on both, checked in `/proc/self/mountinfo` (the benchmark fails otherwise): the volume asks for `mountOptions: max_read=131072,fsname=<backing dir>,subtype=loopback`, which is what go-fuse passes when it mounts itself (its `max_read` is its MaxWrite, 128 KiB), and both mounts read `rw,nosuid,nodev,relatime` with `default_permissions,allow_other,max_read=131072`; only `user_id`/`group_id` (the server's uid) differ.\n")
 	p("- Each iteration mounts both afresh (no FUSE page cache survives), then reads the file through both mounts at once, **taking turns every 64 MiB** (`MFCP_BENCH_CHUNK_MIB`; the side that goes first alternates chunk by chunk) with 1 MiB `read(2)`s, and then overwrites a file of the same size in place through each mount (one each, made before, so that the tmpfs allocates nothing while timed) the same way with 1 MiB `write(2)`s, open to close. Afterwards, untimed, the files' FUSE page cache is dropped (`POSIX_FADV_DONTNEED`).\n")
-	p("- **Why turns:** on this VM the speed of either side drifts by ±10 %% over seconds and stalls for tens of milliseconds now and then, which, with one whole file after the other, swamps a difference of a few per cent (the previous method, whole files in alternating order, gave 95 %% intervals of 0.89–1.06). Two chunks that ran next to each other saw the same machine, so **the ratio is the median, over all pairs of chunks, of passed/self throughput** (%s pairs in this run). Its 95 %% interval resamples whole iterations, not single pairs: the pairs of one iteration go through the same two mounts and processes and are not independent. The MB/s figures are the medians of whole-file throughput, open to close. The pass's very last write chunk takes several times as long as the others through whichever mount writes it (measured with the two swapped), so the mounts swap places every iteration.\n\n", f0(mustGet(tp, "chunk-pairs")))
+	p("- **Why turns:** on this VM the speed of either side drifts by ±10 %% over seconds and stalls for tens of milliseconds now and then, which, with one whole file after the other, swamps a difference of a few per cent (the previous method, whole files in alternating order, gave 95 %% intervals of 0.89–1.06). Two chunks that ran next to each other saw the same machine, so **the ratio is the median, over all pairs of chunks, of passed/self throughput** (%s pairs in this run). Its 95 %% interval resamples whole iterations, not single pairs: the pairs of one iteration go through the same two mounts and processes and are not independent. The MB/s figures are the medians of whole-file throughput, open to close. The pass's very last write chunk takes several times as long as the others through whichever mount writes it (measured with the two swapped), so the mounts swap places every iteration.\n\n", f0(orZero(tp, "chunk-pairs")))
 	if tp.ok() {
 		p("| medians | passed fd, MB/s | self-mount, MB/s | ratio (per chunk pair) | 95 %% interval |\n|---|---|---|---|---|\n")
 		for _, kind := range []string{"read", "write"} {
@@ -348,8 +348,8 @@ func verdictAtMost(point, lo, hi, goal float64) string {
 	return verdictAtLeast(-point, -hi, -lo, -goal)
 }
 
-// mustGet is a metric's value, or 0 when the benchmark did not report it.
-func mustGet(r *result, unit string) float64 {
+// orZero is a metric's value, or 0 when the benchmark did not report it.
+func orZero(r *result, unit string) float64 {
 	v, _ := r.get(unit)
 	return v
 }
