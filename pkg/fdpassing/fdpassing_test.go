@@ -422,6 +422,9 @@ func TestReceiveRequestErrors(t *testing.T) {
 		{name: "unknown field", data: `{"version":1,"op":"mount","fd":3}` + "\n", mention: "fd"},
 		{name: "two objects", data: `{"version":1,"op":"mount"}{"version":1,"op":"mount"}` + "\n", mention: "trailing"},
 		{name: "trailing garbage", data: `{"version":1,"op":"mount"} x` + "\n"},
+		{name: "trailing vertical tab", data: `{"version":1,"op":"mount"}` + "\v\n", mention: "trailing"},
+		{name: "trailing form feed", data: `{"version":1,"op":"mount"}` + "\f\n", mention: "trailing"},
+		{name: "trailing no-break space", data: `{"version":1,"op":"mount"}` + "\u00a0\n", mention: "trailing"},
 		{name: "trailing data after newline", data: `{"version":1,"op":"mount"}` + "\nmore"},
 		{name: "second line", data: `{"version":1,"op":"mount"}` + "\n" + `{"version":1,"op":"mount"}` + "\n"},
 		{name: "wrong version", data: `{"version":2,"op":"mount"}` + "\n", mention: "version"},
@@ -542,6 +545,11 @@ func TestDecodeRequest(t *testing.T) {
 		{`{"version":1,"op":"mount"`, nil},
 		{``, nil},
 		{`"mount"`, nil},
+		{"{\"version\":1,\"op\":\"mount\"} \t\r", &Request{Version: 1, Op: "mount"}},
+		{"{}\v", nil}, // found by FuzzDecodeRequest: bytes.TrimSpace let \v through
+		{"{\"version\":1,\"op\":\"mount\"}\f", nil},
+		{"{\"version\":1,\"op\":\"mount\"}\u0085", nil},
+		{"{\"version\":1,\"op\":\"mount\"}\u00a0", nil},
 		{`{"version":1.5}`, nil},
 		{`{"version":1e99}`, nil},
 	}
